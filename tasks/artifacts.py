@@ -1,0 +1,61 @@
+"""What the Prefect UI shows for a bundle run: a markdown summary with a table of the assets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.storage import MANIFEST_NAME
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def asset_details(asset: dict) -> str:
+    bits = []
+    if "width" in asset:
+        bits.append(f"{asset['width']}x{asset['height']}")
+    if "duration" in asset:
+        bits.append(f"{asset['duration']:.2f} s")
+    if asset.get("fps"):
+        bits.append(f"{asset['fps']:g} fps")
+    if "loudness_lufs" in asset:
+        bits.append(f"{asset['loudness_lufs']:.1f} LUFS, {asset['true_peak_dbtp']:.1f} dBTP")
+    return ", ".join(bits)
+
+
+def summary_markdown(manifest: dict, location: str) -> str:
+    lines = [f"# Bundle `{manifest['bundle_id']}`", ""]
+    if "placeholder" in manifest:
+        lines += [f"> **Note:** {manifest['placeholder']}", ""]
+    brief = manifest["brief"]
+    lines += [
+        f"**{brief['title']}** by {brief['author']}, seed {brief['seed']}, profile `{brief['models']}`",
+        "",
+        f"Stored at `{location}`",
+        "",
+        "| asset | role | size | details | sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    for a in manifest["assets"]:
+        lines.append(f"| {a['name']} | {a['role']} | {_size(a['bytes'])} | {asset_details(a)} | `{a['sha256'][:12]}` |")
+    lines += ["", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in manifest["timings_seconds"].items()]
+    lines += ["", "| modality | pipeline | scheduler | steps | guidance | device |", "|---|---|---|---|---|---|"]
+    for m, e in manifest["engines"].items():
+        lines.append(f"| {m} | {e['pipeline_class']} | {e['scheduler']} | {e['steps']} | {e['guidance']} | {e['device']} {e['dtype']} |")
+    lines += ["", f"_{manifest['disclosure']}_"]
+    return "\n".join(lines)
+
+
+@task(name="publish-summary")
+def publish_summary(location: str) -> str:
+    """Publish the bundle's summary as a markdown artifact keyed by bundle id; returns its markdown."""
+    manifest = json.loads((Path(location) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    markdown = summary_markdown(manifest, location)
+    create_markdown_artifact(key=f"bundle-{manifest['bundle_id']}"[:100], markdown=markdown, description="Asset bundle")
+    return markdown

@@ -1,0 +1,187 @@
+"""Sound: the engine sound (AudioLDM or its tiny twin) and its loudness normalisation.
+
+Normalisation, in order: DC offset and sub-audio drift removed, resampled to 48 kHz, short
+fades at both ends, gain to the integrated loudness target (ITU-R BS.1770 via pyloudnorm),
+and, where that gain would push the true peak over the ceiling, a look-ahead peak limiter
+so the target is still met without clipping.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.generation import Generated, Job, run_generation
+from tasks.media import MediaError
+from tasks.progress import tracked
+from tasks.storage import atomic_path
+
+RAW_NAME = "engine_raw.wav"
+SOUND_NAME = "engine.wav"
+OUTPUT_RATE = 48_000
+FADE_IN_S, FADE_OUT_S = 0.01, 0.05
+LIMITER_LOOKAHEAD_S = 0.003
+LIMITER_MARGIN_DB = 0.2  # aim this far under the ceiling: resampling and PCM rounding move peaks slightly
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    import soundfile as sf
+
+    with atomic_path(path) as tmp:
+        sf.write(tmp, samples, rate, subtype="PCM_24", format="WAV")
+
+
+@task(name="generate-sound", tags=["gpu"])
+def generate_sound(job: Job, staging: str) -> Generated:
+    """Generate the engine sound as a WAV at the vocoder's own rate in the staging folder."""
+    with tracked("sound"):
+
+        def call(pipe, generator):
+            audio = pipe(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                audio_length_in_s=job.duration,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance,
+                generator=generator,
+            ).audios[0]
+            return audio, int(pipe.vocoder.config.sampling_rate)
+
+        (audio, rate), engine, load_s, gen_s = run_generation(job, call)
+        path = Path(staging) / RAW_NAME
+        write_wav(path, np.asarray(audio, dtype=np.float32), rate)
+    return Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s)
+
+
+# --- measurement ----------------------------------------------------------------------------
+
+
+def integrated_loudness(samples: np.ndarray, rate: int) -> float:
+    """ITU-R BS.1770-4 integrated loudness in LUFS."""
+    import pyloudnorm
+
+    return float(pyloudnorm.Meter(rate).integrated_loudness(samples))
+
+
+def _oversampled_abs(samples: np.ndarray) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    return np.abs(resample_poly(samples, 4, 1))  # BS.1770-4 annex 2: 4x oversampling
+
+
+def true_peak_db(samples: np.ndarray) -> float:
+    """True peak in dBTP, estimated by 4x oversampling."""
+    peak = float(_oversampled_abs(samples).max())
+    return 20 * np.log10(peak) if peak > 0 else float("-inf")
+
+
+# --- processing -----------------------------------------------------------------------------
+
+
+def remove_dc(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Subtract the mean, then a zero-phase 20 Hz high-pass for slow drift."""
+    from scipy.signal import butter, sosfiltfilt
+
+    centred = samples - samples.mean()
+    sos = butter(2, 20.0, btype="highpass", fs=rate, output="sos")
+    return sosfiltfilt(sos, centred)
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    if rate == target:
+        return samples
+    g = gcd(rate, target)
+    return resample_poly(samples, target // g, rate // g)
+
+
+def apply_fades(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Raised-cosine fades so the clip starts and ends at zero (no clicks)."""
+    out = samples.copy()
+    fade_in, fade_out = (min(int(s * rate), len(out) // 2) for s in (FADE_IN_S, FADE_OUT_S))
+    if fade_in:
+        out[:fade_in] *= _ramp(fade_in)
+    if fade_out:
+        out[-fade_out:] *= _ramp(fade_out)[::-1]
+    return out
+
+
+def _ramp(length: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, length))
+
+
+def limit_peaks(samples: np.ndarray, rate: int, ceiling_db: float) -> np.ndarray:
+    """Look-ahead peak limiter: a smooth gain that keeps the (oversampled) peaks under the ceiling.
+
+    The gain needed per sample is min-filtered over a window of 2K+1 and then averaged over the
+    same window; the average of values each no larger than the need at the centre never exceeds
+    it, so every peak is brought under the ceiling while the gain moves smoothly.
+    """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    ceiling = 10 ** (ceiling_db / 20)
+    envelope = _oversampled_abs(samples)[: 4 * len(samples)].reshape(-1, 4).max(axis=1)
+    need = np.minimum(1.0, ceiling / np.maximum(envelope, 1e-12))
+    window = 2 * int(LIMITER_LOOKAHEAD_S * rate) + 1
+    gain = uniform_filter1d(minimum_filter1d(need, window, mode="nearest"), window, mode="nearest")
+    return samples * np.minimum(gain, need)
+
+
+class NormalisedSound(BaseModel):
+    path: str
+    sample_rate: int
+    duration: float
+    loudness_lufs: float
+    true_peak_dbtp: float
+    gain_db: float
+    limited: bool
+    seconds: float
+
+
+def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, dict]:
+    """Return the normalised samples at 48 kHz and what was measured and done."""
+    if samples.ndim > 1:
+        samples = samples.mean(axis=1)
+    x = apply_fades(resample(remove_dc(samples.astype(np.float64), rate), rate, OUTPUT_RATE), OUTPUT_RATE)
+    loudness = integrated_loudness(x, OUTPUT_RATE)
+    if not np.isfinite(loudness) or loudness < -70:
+        raise MediaError(f"the generated sound is silent ({loudness:.1f} LUFS); nothing to normalise")
+    total_gain_db, limited = 0.0, False
+    # Gain, limit, measure again: limiting lowers loudness a little, so a few rounds converge on target.
+    for _ in range(8):
+        gain_db = target_lufs - loudness
+        x = x * 10 ** (gain_db / 20)
+        total_gain_db += gain_db
+        if true_peak_db(x) > ceiling_dbtp - LIMITER_MARGIN_DB / 2:
+            x = limit_peaks(x, OUTPUT_RATE, ceiling_dbtp - LIMITER_MARGIN_DB)
+            limited = True
+        loudness = integrated_loudness(x, OUTPUT_RATE)
+        if abs(loudness - target_lufs) < 0.05:
+            break
+    peak = true_peak_db(x)
+    if peak > ceiling_dbtp - LIMITER_MARGIN_DB / 2:  # should not happen; never clip, even at loudness' cost
+        x = x * 10 ** ((ceiling_dbtp - LIMITER_MARGIN_DB - peak) / 20)
+        loudness, peak = integrated_loudness(x, OUTPUT_RATE), true_peak_db(x)
+    return x, {"loudness_lufs": float(loudness), "true_peak_dbtp": float(peak), "gain_db": float(total_gain_db), "limited": limited}
+
+
+@task(name="normalise-sound")
+def normalise_sound(
+    raw: Generated, staging: str, target_lufs: float = -14.0, ceiling_dbtp: float = -1.0
+) -> NormalisedSound:
+    """Normalise the raw engine sound into a 48 kHz WAV at the loudness target under the ceiling."""
+    import soundfile as sf
+
+    with tracked("normalise") as timer:
+        samples, rate = sf.read(raw.path, dtype="float64")
+        x, measured = normalise(samples, rate, target_lufs, ceiling_dbtp)
+        path = Path(staging) / SOUND_NAME
+        write_wav(path, x.astype(np.float32), OUTPUT_RATE)
+    return NormalisedSound(
+        path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, seconds=timer.seconds, **measured
+    )

@@ -1,0 +1,152 @@
+"""The creative brief: what a person asks for, validated before any model loads.
+
+Sizes, steps, guidance and scheduler are optional: left out, they take the model profile's
+defaults from the registry (tasks/models.py). Given, they are checked against ranges that
+the pipelines accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Profile = Literal["tiny", "full"]
+SchedulerName = Literal["dpm++", "ddim", "lms", "euler", "pndm"]
+
+DEFAULT_COVER_PROMPT = "A mystical forest with ancient trees and glowing creatures, fantasy book cover art, dramatic lighting."
+DEFAULT_SOUND_PROMPT = "Car sound, realistic engine, accelerating, 5 seconds."
+DEFAULT_VIDEO_PROMPT = "A car driving on a winding mountain road, cinematic, smooth camera movement."
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Generation(_Strict):
+    prompt: str = Field(min_length=3, max_length=1000)
+    negative_prompt: str | None = Field(None, max_length=1000, description="Replaces the template's negative prompt.")
+    steps: int | None = Field(None, ge=1, le=200)
+    guidance: float | None = Field(None, ge=0.0, le=30.0)
+    scheduler: SchedulerName | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+
+def _multiple_of_8(v: int | None) -> int | None:
+    if v is not None and v % 8:
+        raise ValueError(f"must be a multiple of 8 (got {v}; try {round(v / 8) * 8 or 8})")
+    return v
+
+
+class CoverSpec(_Generation):
+    prompt: str = Field(DEFAULT_COVER_PROMPT, min_length=3, max_length=1000)
+    width: int | None = Field(None, ge=64, le=2048)
+    height: int | None = Field(None, ge=64, le=2048)
+    font: Path | None = Field(None, description="A TrueType/OpenType font file; Pillow's bundled font by default.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _sides(cls, v: int | None) -> int | None:
+        return _multiple_of_8(v)
+
+    @field_validator("font")
+    @classmethod
+    def _font_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"font file {v} does not exist")
+        return v
+
+
+class SoundSpec(_Generation):
+    prompt: str = Field(DEFAULT_SOUND_PROMPT, min_length=3, max_length=1000)
+    duration: float = Field(5.0, ge=1.0, le=30.0, description="Seconds of audio to generate.")
+    loudness: float = Field(-14.0, ge=-40.0, le=-5.0, description="Integrated loudness target, LUFS.")
+    true_peak: float = Field(-1.0, ge=-9.0, le=0.0, description="True-peak ceiling, dBTP.")
+
+
+class VideoSpec(_Generation):
+    prompt: str = Field(DEFAULT_VIDEO_PROMPT, min_length=3, max_length=1000)
+    width: int | None = Field(None, ge=64, le=1280)
+    height: int | None = Field(None, ge=32, le=1280)
+    frames: int | None = Field(None, ge=2, le=120)
+    fps: int | None = Field(None, ge=1, le=60)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _sides(cls, v: int | None) -> int | None:
+        return _multiple_of_8(v)
+
+
+class Brief(_Strict):
+    """Everything one bundle needs. The same brief gives the same bundle id and the same outputs."""
+
+    title: str = Field(min_length=1, max_length=120)
+    author: str = Field(min_length=1, max_length=80)
+    tagline: str | None = Field(None, max_length=160)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    models: Profile = "tiny"
+    cover: CoverSpec = CoverSpec()
+    sound: SoundSpec = SoundSpec()
+    video: VideoSpec = VideoSpec()
+
+    @field_validator("title", "author", "tagline")
+    @classmethod
+    def _strip(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip() if v is not None else v
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that shapes the outputs."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class BriefError(ValueError):
+    """A brief a person wrote is wrong; the message names the field and the fix."""
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per problem, each naming its field by dotted path."""
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "brief"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "is not a brief field (check the spelling)"
+        elif e["type"] == "missing":
+            msg = "is required"
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_brief(data: dict) -> Brief:
+    try:
+        return Brief.model_validate(data)
+    except ValidationError as err:
+        raise BriefError(f"invalid brief: {describe_validation_error(err)}") from None
+
+
+def load_brief_file(path: Path) -> dict:
+    """Read a brief as a dict from a .json, .yaml or .yml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BriefError(f"brief file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise BriefError(f"brief file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {err}") from None
+    if not isinstance(data, dict):
+        raise BriefError(f"brief file {path} must hold a mapping of fields (title, author, ...)")
+    return data

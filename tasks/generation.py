@@ -1,0 +1,126 @@
+"""What every generation shares: the resolved job, the engine record, and the guarded call.
+
+A job is the brief's request for one modality with the profile's defaults filled in. The
+engine record is what the manifest keeps about how an asset was made.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from tasks.brief import Brief
+from tasks.models import ENGINES, Modality, load_pipeline, runtime, use_scheduler
+from tasks.prompts import PromptSet
+from tasks.settings import get_settings
+
+
+class Job(BaseModel):
+    modality: Modality
+    profile: str
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance: float
+    scheduler: str
+    seed: int
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    fps: int | None = None
+    duration: float | None = None
+
+
+class Engine(BaseModel):
+    pipeline_class: str
+    model: str  # hub id or folder as configured
+    model_path: str  # the folder actually loaded
+    profile: str
+    scheduler: str
+    scheduler_class: str
+    steps: int
+    guidance: float
+    seed: int
+    dtype: str
+    device: str
+
+
+class Generated(BaseModel):
+    """A generated file in the staging folder, with how it was made and how long it took."""
+
+    path: str
+    engine: Engine
+    load_seconds: float
+    generate_seconds: float
+
+
+_SPEC_OF = {"image": "cover", "sound": "sound", "video": "video"}
+
+
+def resolve_job(brief: Brief, prompts: PromptSet, modality: Modality) -> Job:
+    """The brief's request for one modality, with the profile's defaults where it left a blank."""
+    spec = getattr(brief, _SPEC_OF[modality])
+    defaults = ENGINES[modality].defaults(brief.models)
+    expanded = prompts.for_modality(modality)
+
+    def pick(name: str):
+        value = getattr(spec, name, None)
+        return value if value is not None else getattr(defaults, name, None)
+
+    return Job(
+        modality=modality,
+        profile=brief.models,
+        prompt=expanded.prompt,
+        negative_prompt=expanded.negative_prompt,
+        steps=pick("steps"),
+        guidance=pick("guidance"),
+        scheduler=pick("scheduler"),
+        seed=brief.seed,
+        width=pick("width"),
+        height=pick("height"),
+        frames=pick("frames"),
+        fps=pick("fps"),
+        duration=getattr(spec, "duration", None),
+    )
+
+
+def run_generation(job: Job, call: Callable[[object, object], object]) -> tuple[object, Engine, float, float]:
+    """Load (or reuse) the job's pipeline and run `call(pipe, generator)` under its lock.
+
+    Returns (output, engine record, load seconds, generation seconds).
+    """
+    import torch
+
+    start = time.perf_counter()
+    loaded = load_pipeline(job.modality, job.profile)
+    load_seconds = time.perf_counter() - start
+    rt = runtime()
+    with loaded.lock:
+        use_scheduler(loaded.pipe, job.scheduler)
+        # A CPU generator gives the same noise on any device, so a seed means the same thing everywhere.
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = call(loaded.pipe, generator)
+        if rt.device == "cuda":
+            torch.cuda.synchronize()
+        generate_seconds = time.perf_counter() - start
+        scheduler_class = type(loaded.pipe.scheduler).__name__
+    settings_ref = getattr(get_settings(), ENGINES[job.modality].settings_field)
+    engine = Engine(
+        pipeline_class=type(loaded.pipe).__name__,
+        model=settings_ref if job.profile == "full" else "tiny random weights (built offline)",
+        model_path=loaded.source,
+        profile=job.profile,
+        scheduler=job.scheduler,
+        scheduler_class=scheduler_class,
+        steps=job.steps,
+        guidance=job.guidance,
+        seed=job.seed,
+        dtype=rt.dtype_name,
+        device=rt.device,
+    )
+    return output, engine, load_seconds, generate_seconds
+

@@ -1,0 +1,37 @@
+"""Cover generation: the untitled book-cover image, Stable Diffusion v1.5 (or its tiny twin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from tasks.generation import Generated, Job, run_generation
+from tasks.progress import tracked
+from tasks.storage import atomic_path
+
+COVER_NAME = "cover.png"
+
+
+@task(name="generate-cover", tags=["gpu"])
+def generate_cover(job: Job, staging: str) -> Generated:
+    """Generate the cover art as PNG in the staging folder."""
+    with tracked("cover"):
+
+        def call(pipe, generator):
+            return pipe(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                width=job.width,
+                height=job.height,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance,
+                generator=generator,
+                output_type="pil",
+            ).images[0]
+
+        image, engine, load_s, gen_s = run_generation(job, call)
+        path = Path(staging) / COVER_NAME
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+    return Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s)

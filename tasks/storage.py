@@ -1,0 +1,74 @@
+"""Where bundles live: the bundle id, the staging folder, and the store step.
+
+Every file is written under a temporary name and renamed into place, so a crash never leaves
+a half-written file that looks finished. The manifest is stored last: a reader that sees
+`bundle.json` can rely on every asset it lists being there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import task
+
+from tasks.brief import Brief
+from tasks.settings import get_settings
+
+MANIFEST_NAME = "bundle.json"
+
+
+def bundle_id(brief: Brief) -> str:
+    """Readable and stable: the title's slug and a hash of the whole brief (seed and profile included)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", brief.title.lower()).strip("-")[:40].strip("-") or "bundle"
+    return f"{slug}-{brief.fingerprint()[:12]}"
+
+
+def out_root(out: str | Path | None = None) -> Path:
+    return Path(out) if out is not None else get_settings().out
+
+
+def staging_dir(brief: Brief, out: str | Path | None = None) -> Path:
+    """The folder a run writes into before storing; stable per bundle, so a re-run finds it."""
+    path = out_root(out) / ".staging" / bundle_id(brief)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it into place only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix + ".part", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@task(name="store-bundle")
+def store_bundle(staging: str, asset_names: list[str], bundle: str, out: str | None = None) -> str:
+    """Copy the assets, then the manifest, into `<out>/<bundle>/`; returns the folder's path."""
+    target = out_root(out) / bundle
+    target.mkdir(parents=True, exist_ok=True)
+    for name in [*asset_names, MANIFEST_NAME]:
+        with atomic_path(target / name) as tmp:
+            shutil.copyfile(Path(staging) / name, tmp)
+    shutil.rmtree(staging, ignore_errors=True)
+    return str(target.resolve())

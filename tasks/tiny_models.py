@@ -1,0 +1,268 @@
+"""Tiny offline versions of the three real pipelines.
+
+Same pipeline classes as the full profile, built from small configs with seeded random
+weights, so the whole chain runs on a CPU in seconds without downloading anything.
+Their output is noise-like by nature: they exercise the code path, not the art.
+
+The tokenizers are byte-pair encoders trained here on a small built-in corpus of prompt
+vocabulary, in the same formats as the real ones (CLIP for image and video, RoBERTa for
+audio), so token counting and the 77-token limit behave like the real models' do.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+TOKEN_LIMIT = 77  # CLIP's and CLAP's context length, kept by the tiny tokenizers too.
+
+# Words a brief, the prompt templates and everyday English prompts use, so they are mostly single
+# tokens, as in the real vocabularies. Anything else falls back to characters.
+_CORPUS = """
+a an the of and with on in at to for from by into over under through its their this that
+mystical forest ancient trees glowing creatures fantasy book cover art dramatic lighting
+car sound realistic engine accelerating seconds driving winding mountain road cinematic smooth
+camera movement painting illustration detailed highly intricate epic golden hour volumetric
+rim light soft shadows sharp focus masterpiece best quality high resolution concept matte
+portrait landscape composition vertical centered subject space for title clean recording
+studio mono stereo clear punchy low rumble exhaust revving motor idle loud quiet ambience wind
+tyres tires gravel asphalt shot tracking aerial drone wide angle lens film grain anamorphic
+dusk dawn night day sunset sunrise fog mist rain snow clouds sky valley cliffs river lake sea
+blurry low worst quality jpeg artifacts watermark signature text letters logo deformed ugly
+distorted noise hiss clipping music speech voice flicker jitter frame static still cartoon
+dragon castle knight wizard magic sword moon stars glow light dark red blue green purple
+""".split()
+
+
+def _train_bpe(vocab_size: int, *, byte_level: bool, specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a small BPE on the built-in corpus; returns (vocab, merges) in HF's JSON formats."""
+    if byte_level:  # RoBERTa / GPT-2 style: spaces become 'Ġ'.
+        model = models.BPE()
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+        )
+    else:  # CLIP style: lower-case words, '</w>' closes each word.
+        model = models.BPE(end_of_word_suffix="</w>")
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        alphabet = [chr(c) for c in range(33, 127)]
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=alphabet,
+            end_of_word_suffix="</w>",
+            show_progress=False,
+        )
+    # Repeat the corpus so every word is frequent enough to be merged whole.
+    tok.train_from_iterator([" ".join(_CORPUS)] * 4, trainer=trainer)
+    bpe = json.loads(tok.to_str())["model"]
+    vocab = bpe["vocab"]
+    if not byte_level:
+        # CLIP's tokenizer also needs each character as a word ending.
+        for ch in alphabet:
+            vocab.setdefault(ch + "</w>", len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    return vocab, merges
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _train_bpe(1000, byte_level=False, specials=["<|startoftext|>", "<|endoftext|>"])
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LIMIT)
+
+
+def roberta_tokenizer():
+    from transformers import RobertaTokenizer
+
+    vocab, merges = _train_bpe(1000, byte_level=True, specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LIMIT)
+
+
+def _scheduler():
+    """DPM-Solver++ on Stable Diffusion's published noise schedule (scaled linear betas)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(
+        algorithm_type="dpmsolver++",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+    )
+
+
+def _clip_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=TOKEN_LIMIT,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=32,
+    )
+    return CLIPTextModel(config)
+
+
+def _image_vae(in_channels: int = 3, channels: int = 8):
+    from diffusers import AutoencoderKL
+
+    # Four blocks: the same 8x spatial compression as the real VAEs, so sizes validate alike.
+    return AutoencoderKL(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=(channels,) * 4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=64,
+    )
+
+
+def build_image_pipeline():
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = clip_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    return StableDiffusionPipeline(
+        vae=_image_vae(),
+        text_encoder=_clip_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_audio_pipeline():
+    from diffusers import AudioLDMPipeline, AutoencoderKL, UNet2DConditionModel
+    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    tokenizer = roberta_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=(16, 32),
+        norm_num_groups=8,
+        class_embed_type="simple_projection",
+        projection_class_embeddings_input_dim=32,
+        class_embeddings_concat=True,
+    )
+    # AudioLDM's VAE works on a one-channel mel spectrogram, with 4x compression as in the real one.
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    text_encoder = ClapTextModelWithProjection(
+        ClapTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            max_position_embeddings=TOKEN_LIMIT + 2 + 1,  # RoBERTa positions start after the pad id.
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+        )
+    )
+    # A random HiFi-GAN with the default initializer_range (0.01) is near-silent and 0.25 saturates;
+    # 0.1 gives a noise at a plausible level (peak about -10 dBFS).
+    vocoder = SpeechT5HifiGan(
+        SpeechT5HifiGanConfig(
+            model_in_dim=64,
+            sampling_rate=16000,
+            upsample_initial_channel=32,
+            upsample_rates=[4, 4, 10],  # 160 samples per mel frame, as in AudioLDM.
+            upsample_kernel_sizes=[8, 8, 20],
+            resblock_kernel_sizes=[3, 7],
+            resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+            normalize_before=False,
+            initializer_range=0.1,
+        )
+    )
+    return AudioLDMPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+        vocoder=vocoder,
+    )
+
+
+def build_video_pipeline():
+    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
+
+    tokenizer = clip_tokenizer()
+    unet = UNet3DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    return TextToVideoSDPipeline(
+        vae=_image_vae(),
+        text_encoder=_clip_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(),
+    )
+
+
+BUILDERS = {"image": build_image_pipeline, "sound": build_audio_pipeline, "video": build_video_pipeline}
+
+
+def build_tiny_pipeline(modality: str, seed: int = 0):
+    """Build the tiny pipeline for a modality with weights drawn from a fixed seed."""
+    torch.manual_seed(seed)
+    pipe = BUILDERS[modality]()
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()  # constructors leave modules in training mode; dropout breaks determinism.
+    return pipe

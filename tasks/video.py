@@ -1,0 +1,121 @@
+"""Video: the car clip (Zeroscope v2 576w or its tiny twin), its encoding, the sound mux, the poster.
+
+Frames are encoded once to H.264 yuv420p with faststart (`car.mp4`, silent). The normalised
+engine sound is then muxed on as AAC with the video stream copied (`car_with_sound.mp4`):
+the sound is fitted to the video's length, trimmed with a short fade-out when longer, looped
+when shorter, so both streams end together without a click.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.audio import NormalisedSound
+from tasks.generation import Generated, Job, run_generation
+from tasks.media import MediaError, probe, run_ffmpeg
+from tasks.progress import tracked
+from tasks.storage import atomic_path
+
+VIDEO_NAME = "car.mp4"
+MUXED_NAME = "car_with_sound.mp4"
+POSTER_NAME = "poster.png"
+FADE_OUT_S = 0.1  # long enough to avoid a click, short enough not to be heard as a fade
+
+
+def encode_h264(frames: np.ndarray, fps: int, path: Path) -> None:
+    """Encode RGB frames (F, H, W, 3; floats in 0..1 or uint8) as H.264 yuv420p MP4 with faststart."""
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    count, height, width, _ = frames.shape
+    with atomic_path(path) as tmp:
+        run_ffmpeg(
+            [
+                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
+                "-c:v", "libx264", "-preset", "medium", "-crf", "17", "-pix_fmt", "yuv420p",
+                "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp),
+            ],
+            input=np.ascontiguousarray(frames).tobytes(),
+        )
+
+
+@task(name="generate-video", tags=["gpu"])
+def generate_video(job: Job, staging: str) -> Generated:
+    """Generate the clip and encode it as a silent H.264 MP4 in the staging folder."""
+    with tracked("video"):
+
+        def call(pipe, generator):
+            return pipe(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                width=job.width,
+                height=job.height,
+                num_frames=job.frames,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance,
+                generator=generator,
+                output_type="np",
+            ).frames[0]
+
+        frames, engine, load_s, gen_s = run_generation(job, call)
+        path = Path(staging) / VIDEO_NAME
+        encode_h264(np.asarray(frames), job.fps, path)
+    return Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s)
+
+
+class Muxed(BaseModel):
+    path: str
+    audio_fit: str  # how the sound was fitted to the video, in words
+    seconds: float
+
+
+def video_duration(path: Path) -> float:
+    (video,) = [s for s in probe(path) if s.kind == "video"]
+    if video.frames and video.fps:
+        return video.frames / video.fps
+    return video.duration
+
+
+@task(name="mux-sound-onto-video")
+def mux_sound_onto_video(video: Generated, sound: NormalisedSound, staging: str) -> Muxed:
+    """Put the engine sound on the clip as AAC, fitted to the clip's length, video stream copied."""
+    with tracked("mux") as timer:
+        import soundfile as sf
+
+        duration = video_duration(Path(video.path))
+        sound_seconds = sf.info(sound.path).duration
+        fade = min(FADE_OUT_S, duration / 4)
+        if sound_seconds >= duration:
+            fit = f"sound trimmed from {sound_seconds:.2f} s to the video's {duration:.2f} s, {fade * 1000:.0f} ms fade-out"
+            loop = []
+        else:
+            fit = f"sound looped from {sound_seconds:.2f} s to the video's {duration:.2f} s, {fade * 1000:.0f} ms fade-out"
+            loop = ["-stream_loop", "-1"]
+        out = Path(staging) / MUXED_NAME
+        with atomic_path(out) as tmp:
+            run_ffmpeg(
+                [
+                    "-i", video.path, *loop, "-i", sound.path,
+                    "-map", "0:v:0", "-map", "1:a:0",
+                    "-c:v", "copy",
+                    "-af", f"atrim=0:{duration:.6f},afade=t=out:st={duration - fade:.6f}:d={fade:.6f}",
+                    "-c:a", "aac", "-b:a", "192k", "-ar", "48000",
+                    "-t", f"{duration:.6f}",
+                    "-movflags", "+faststart", "-f", "mp4", str(tmp),
+                ]
+            )
+    return Muxed(path=str(out), audio_fit=fit, seconds=timer.seconds)
+
+
+@task(name="make-poster")
+def make_poster(video: Generated, staging: str) -> str:
+    """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
+    out = Path(staging) / POSTER_NAME
+    with atomic_path(out) as tmp:
+        run_ffmpeg(["-i", video.path, "-vf", "thumbnail", "-frames:v", "1", "-update", "1", "-f", "image2", str(tmp)])
+    if not out.is_file():
+        raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
+    return str(out)
