@@ -21,6 +21,8 @@ from tasks.brief import Brief
 from tasks.settings import get_settings
 
 MANIFEST_NAME = "bundle.json"
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)...
+os.umask(_UMASK)  # ...and put back at once, before any task thread runs
 
 
 def bundle_id(brief: Brief) -> str:
@@ -47,19 +49,13 @@ def atomic_path(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix + ".part", dir=final.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual permissions
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @task(name="store-bundle")

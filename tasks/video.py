@@ -114,8 +114,8 @@ def mux_sound_onto_video(video: Generated, sound: NormalisedSound, staging: str)
 def make_poster(video: Generated, staging: str) -> str:
     """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
     out = Path(staging) / POSTER_NAME
-    with atomic_path(out) as tmp:
-        run_ffmpeg(["-i", video.path, "-vf", "thumbnail", "-frames:v", "1", "-update", "1", "-f", "image2", str(tmp)])
-    if not out.is_file():
-        raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
+    with tracked("poster"), atomic_path(out) as tmp:
+        run_ffmpeg(["-i", video.path, "-vf", "thumbnail", "-frames:v", "1", "-update", "1", "-c:v", "png", "-f", "image2", str(tmp)])
+        if tmp.stat().st_size == 0:
+            raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
     return str(out)

@@ -1,0 +1,191 @@
+"""The `genbundle` command line: run a bundle, fetch models.
+
+    genbundle run [BRIEF.yaml|json] [--title ... --author ... --seed N --models tiny|full --out DIR]
+    genbundle models pull --models tiny|full
+
+Exit codes: 0 done, 1 the run failed, 2 the brief is invalid (one line naming the field).
+The brief is validated, and full models looked for, before Prefect or any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tasks.brief import BriefError, load_brief_file, parse_brief
+
+STAGES = ["prompts", "cover", "sound", "video", "title", "normalise", "mux", "poster", "manifest", "store"]
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise BriefError(f"--set {dotted}: {key} is not a section of the brief")
+    data[leaf] = value
+
+
+def _parse_set(item: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in item:
+        raise BriefError(f"--set {item}: expected FIELD=VALUE, e.g. --set cover.width=512")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else raw  # "512" -> 512, "true" -> True
+
+
+def brief_from_args(args: argparse.Namespace):
+    """File first, then flags on top; validated in one go."""
+    data = load_brief_file(Path(args.brief)) if args.brief else {}
+    flags = {
+        "title": args.title,
+        "author": args.author,
+        "tagline": args.tagline,
+        "seed": args.seed,
+        "models": args.models,
+        "cover.prompt": args.cover_prompt,
+        "sound.prompt": args.sound_prompt,
+        "video.prompt": args.video_prompt,
+        "sound.duration": args.duration,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    for item in args.set or []:
+        _set_dotted(data, *_parse_set(item))
+    data.setdefault("title", "The Glowing Forest")
+    data.setdefault("author", "Anonymous")
+    return parse_brief(data)
+
+
+def _progress_display(console):
+    """A live table of stages, fed by the tasks' progress reports."""
+    from rich.live import Live
+    from rich.table import Table
+
+    state: dict[str, tuple[str, float | None]] = {s: ("waiting", None) for s in STAGES}
+    marks = {"waiting": "[dim]·[/]", "running": "[yellow]…[/]", "done": "[green]✓[/]", "failed": "[red]✗[/]"}
+
+    def render() -> Table:
+        table = Table(box=None, show_header=False, padding=(0, 1))
+        for stage, (status, seconds) in state.items():
+            table.add_row(marks[status], stage, "" if seconds is None else f"{seconds:.2f} s")
+        return table
+
+    live = Live(render(), console=console, refresh_per_second=8, transient=False)
+
+    def listener(stage: str, status: str, seconds: float | None) -> None:
+        state[stage] = (status, seconds)
+        live.update(render())
+
+    return live, listener
+
+
+def _summary_table(location: str):
+    import json
+
+    from rich.table import Table
+
+    from tasks.artifacts import _size, asset_details
+
+    manifest = json.loads((Path(location) / "bundle.json").read_text())
+    table = Table(title=f"bundle {manifest['bundle_id']}")
+    for col in ("asset", "size", "details"):
+        table.add_column(col)
+    for a in manifest["assets"]:
+        table.add_row(a["name"], _size(a["bytes"]), asset_details(a))
+    return table, manifest
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        brief = brief_from_args(args)
+    except BriefError as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
+
+    from tasks.models import ModelNotAvailable, check_models_available
+
+    try:
+        check_models_available(brief.models)
+    except ModelNotAvailable as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 1
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the progress display tells the story
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
+    from flows.bundle import asset_bundle
+    from tasks import progress
+
+    live, listener = _progress_display(console)
+    progress.add_listener(listener)
+    try:
+        with live:
+            location = asset_bundle(brief, out=str(args.out) if args.out else None)
+    except Exception as err:  # the run failed: one line, the details are in the Prefect logs
+        console.print(f"[red]run failed:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
+        return 1
+    finally:
+        progress.remove_listener(listener)
+
+    table, manifest = _summary_table(location)
+    console.print()
+    console.print(table)
+    if "placeholder" in manifest:
+        console.print(f"[yellow]note:[/] {manifest['placeholder']}", highlight=False)
+    print(location)
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from tasks.models import pull_models
+
+    try:
+        pull_models(args.models)
+    except Exception as err:  # network or hub errors: one line
+        print(f"error: could not fetch models: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genbundle", description="Turn a creative brief into an asset bundle.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate a bundle from a brief file and/or flags")
+    run.add_argument("brief", nargs="?", help="brief file (.yaml, .yml or .json)")
+    run.add_argument("--title")
+    run.add_argument("--author")
+    run.add_argument("--tagline")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--models", choices=["tiny", "full"], help="model profile (default: tiny)")
+    run.add_argument("--cover-prompt")
+    run.add_argument("--sound-prompt")
+    run.add_argument("--video-prompt")
+    run.add_argument("--duration", type=float, help="seconds of engine sound")
+    run.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any brief field, e.g. cover.steps=30")
+    run.add_argument("--out", type=Path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
+    run.set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="model weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="build the tiny models or download the full ones into the cache")
+    pull.add_argument("--models", choices=["tiny", "full"], default="full")
+    pull.set_defaults(func=cmd_models_pull)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

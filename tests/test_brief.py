@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from flows.cli import brief_from_args, build_parser
+from tasks.brief import DEFAULT_COVER_PROMPT, DEFAULT_SOUND_PROMPT, DEFAULT_VIDEO_PROMPT, BriefError, load_brief_file, parse_brief
+
+
+def test_defaults_are_the_seed_prompts():
+    brief = parse_brief({"title": "T", "author": "A"})
+    assert (brief.cover.prompt, brief.sound.prompt, brief.video.prompt) == (
+        DEFAULT_COVER_PROMPT,
+        DEFAULT_SOUND_PROMPT,
+        DEFAULT_VIDEO_PROMPT,
+    )
+    assert brief.sound.duration == 5.0 and brief.models == "tiny" and brief.seed == 0
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"author": "A"}, "title: is required"),
+        ({"title": "T", "author": "A", "cover": {"width": 100}}, "cover.width: must be a multiple of 8 (got 100; try 96)"),
+        ({"title": "T", "author": "A", "video": {"height": 36}}, "video.height: must be a multiple of 8"),
+        ({"title": "T", "author": "A", "colour": "red"}, "colour: is not a brief field"),
+        ({"title": "T", "author": "A", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"title": "T", "author": "A", "models": "huge"}, "models: Input should be 'tiny' or 'full'"),
+        ({"title": "T", "author": "A", "sound": {"duration": 90}}, "sound.duration: Input should be less than or equal to 30"),
+        ({"title": "T", "author": "A", "cover": {"scheduler": "heun"}}, "cover.scheduler: Input should be"),
+        ({"title": "   ", "author": "A"}, "title: must not be blank"),
+        ({"title": "T", "author": "A", "cover": {"font": "/no/such/font.ttf"}}, "cover.font: font file /no/such/font.ttf does not exist"),
+    ],
+)
+def test_bad_briefs_name_the_field(data, expected):
+    with pytest.raises(BriefError) as err:
+        parse_brief(data)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_fingerprint_is_stable_and_covers_seed_and_profile():
+    a = parse_brief({"title": "T", "author": "A"})
+    assert a.fingerprint() == parse_brief({"author": "A", "title": "T"}).fingerprint()
+    assert a.fingerprint() != parse_brief({"title": "T", "author": "A", "seed": 1}).fingerprint()
+    assert a.fingerprint() != parse_brief({"title": "T", "author": "A", "models": "full"}).fingerprint()
+
+
+def test_brief_from_yaml_and_json(tmp_path):
+    (tmp_path / "b.yaml").write_text("title: Night Roads\nauthor: K. Lee\ncover:\n  width: 512\n  height: 768\n")
+    (tmp_path / "b.json").write_text(json.dumps({"title": "Night Roads", "author": "K. Lee", "sound": {"duration": 3}}))
+    assert parse_brief(load_brief_file(tmp_path / "b.yaml")).cover.height == 768
+    assert parse_brief(load_brief_file(tmp_path / "b.json")).sound.duration == 3.0
+
+
+def test_unreadable_brief_files(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "broken.json").write_text("{nope")
+    with pytest.raises(BriefError, match="must hold a mapping"):
+        load_brief_file(tmp_path / "list.yaml")
+    with pytest.raises(BriefError, match="is not valid JSON"):
+        load_brief_file(tmp_path / "broken.json")
+    with pytest.raises(BriefError, match="does not exist"):
+        load_brief_file(tmp_path / "missing.yaml")
+
+
+def test_flags_override_the_file(tmp_path):
+    (tmp_path / "b.yaml").write_text("title: From File\nauthor: K. Lee\nseed: 3\n")
+    args = build_parser().parse_args(
+        ["run", str(tmp_path / "b.yaml"), "--seed", "9", "--sound-prompt", "a diesel idling",
+         "--set", "cover.width=512", "--set", "video.fps=12", "--models", "tiny"]
+    )
+    brief = brief_from_args(args)
+    assert (brief.title, brief.seed, brief.sound.prompt) == ("From File", 9, "a diesel idling")
+    assert (brief.cover.width, brief.video.fps) == (512, 12)
+
+
+def test_bad_set_flag():
+    args = build_parser().parse_args(["run", "--set", "cover.width"])
+    with pytest.raises(BriefError, match="expected FIELD=VALUE"):
+        brief_from_args(args)

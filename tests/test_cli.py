@@ -1,0 +1,42 @@
+"""The command line as a person uses it: a subprocess, its exit code, its output."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def genbundle(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}, timeout=600,
+    )
+
+
+def test_bad_brief_exits_2_with_one_line_naming_the_field(tmp_path):
+    result = genbundle("run", "--title", "T", "--set", "cover.width=100", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid brief: cover.width: must be a multiple of 8 (got 100; try 96)"
+    ]
+    assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
+
+
+def test_missing_full_models_exit_1_with_the_fix(tmp_path):
+    result = genbundle("run", "--models", "full", "--out", str(tmp_path))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "genbundle models pull --models full" in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_makes_a_bundle_and_prints_where(tmp_path):
+    result = genbundle("run", "--title", "Night Roads", "--author", "K. Lee", "--seed", "5", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    location = Path(result.stdout.strip().splitlines()[-1])
+    assert location.parent == tmp_path.resolve()
+    manifest = json.loads((location / "bundle.json").read_text())
+    assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == 7
+    assert "car_with_sound.mp4" in result.stderr  # the summary table
+    assert "Placeholder outputs" in result.stderr

@@ -1,0 +1,92 @@
+"""The asset-bundle flow end to end on the tiny pipelines, under one Prefect test API."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.manifest import DISCLOSURE, TINY_NOTE, sha256_file
+
+EXPECTED = {
+    "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav",
+    "car.mp4", "car_with_sound.mp4", "poster.png", "bundle.json",
+}
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "bundle.json").read_text())
+
+
+def test_the_bundle_is_complete(tiny_bundle):
+    assert {p.name for p in tiny_bundle.iterdir()} == EXPECTED
+    assert not (tiny_bundle.parent / ".staging" / tiny_bundle.name).exists()  # staging cleaned up
+    assert not list(tiny_bundle.glob(".*part"))  # no half-written files
+
+
+def test_manifest_hashes_and_sizes_match_the_files(tiny_bundle):
+    manifest = _manifest(tiny_bundle)
+    assert {a["name"] for a in manifest["assets"]} == EXPECTED - {"bundle.json"}
+    for asset in manifest["assets"]:
+        path = tiny_bundle / asset["name"]
+        assert asset["sha256"] == sha256_file(path)
+        assert asset["bytes"] == path.stat().st_size
+
+
+def test_manifest_records_how_it_was_made(tiny_bundle):
+    m = _manifest(tiny_bundle)
+    assert m["disclosure"] == DISCLOSURE and "AI-generated" in m["disclosure"]
+    assert m["placeholder"] == TINY_NOTE
+    assert m["brief"]["title"] == "The Forest of Glowing Things"
+    for modality, cls in [("image", "StableDiffusionPipeline"), ("sound", "AudioLDMPipeline"), ("video", "TextToVideoSDPipeline")]:
+        engine = m["engines"][modality]
+        assert engine["pipeline_class"] == cls
+        assert {"model", "profile", "scheduler", "steps", "guidance", "seed", "dtype", "device"} <= engine.keys()
+        assert m["prompts"][modality]["original"] and m["prompts"][modality]["prompt"]
+    assert set(m["versions"]) >= {"python", "torch", "diffusers", "transformers", "prefect"}
+    for stage in ("prompts", "cover", "sound", "video", "title", "normalise", "mux"):
+        assert m["timings_seconds"][stage] >= 0
+    assets = {a["name"]: a for a in m["assets"]}
+    assert (assets["cover.png"]["width"], assets["cover.png"]["height"]) == (128, 192)
+    assert assets["engine.wav"]["sample_rate"] == 48000 and assets["engine.wav"]["duration"] == 5.0
+    assert assets["engine.wav"]["loudness_lufs"] == pytest.approx(-14.0, abs=0.5)
+    assert assets["engine.wav"]["true_peak_dbtp"] <= -1.0
+    assert assets["car_with_sound.mp4"]["fps"] == 8.0
+    assert "fade-out" in m["post_processing"]["mux"]["audio_fit"]
+
+
+def test_the_titled_cover_differs_from_the_untitled_one(tiny_bundle):
+    plain = np.asarray(Image.open(tiny_bundle / "cover.png"), dtype=float)
+    titled = np.asarray(Image.open(tiny_bundle / "cover_titled.png"), dtype=float)
+    assert plain.shape == titled.shape and np.abs(plain - titled).mean() > 1.0
+
+
+def test_same_brief_same_place_same_outputs(tiny_bundle):
+    """Run the same brief again: same bundle folder, same pictures and sound (within tolerance)."""
+    from flows.bundle import asset_bundle
+    from tasks.brief import parse_brief
+
+    before = {n: np.asarray(Image.open(tiny_bundle / n), dtype=float) for n in ("cover.png", "poster.png")}
+    brief = parse_brief({"title": "The Forest of Glowing Things", "author": "A. N. Author", "tagline": "Light waits"})
+    again = Path(asset_bundle(brief, out=str(tiny_bundle.parent)))
+    assert again == tiny_bundle
+    for name, pixels in before.items():
+        assert np.abs(np.asarray(Image.open(again / name), dtype=float) - pixels).max() <= 2.0
+
+
+def test_the_summary_artifact_is_published(tiny_bundle):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    import anyio
+
+    async def read():
+        async with get_client() as client:
+            key = f"bundle-{tiny_bundle.name}"
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    artifacts = anyio.run(read)
+    assert artifacts and artifacts[0].type == "markdown"
+    markdown = artifacts[0].data
+    assert "car_with_sound.mp4" in markdown and "Placeholder outputs" in markdown

@@ -1,0 +1,66 @@
+import pytest
+
+from tasks import models
+from tasks.models import ModelNotAvailable, SCHEDULERS, load_pipeline, model_source, use_scheduler
+from tasks.settings import get_settings
+
+
+@pytest.fixture
+def settings_env(monkeypatch):
+    """Change GENBUNDLE_* settings for one test."""
+
+    def set_env(**values):
+        for k, v in values.items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+
+    yield set_env
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "modality, cls", [("image", "StableDiffusionPipeline"), ("sound", "AudioLDMPipeline"), ("video", "TextToVideoSDPipeline")]
+)
+def test_tiny_pipelines_are_saved_and_loaded_back_with_from_pretrained(modality, cls):
+    source = model_source(modality, "tiny")
+    assert (models.Path(source) / "model_index.json").is_file()
+    loaded = load_pipeline(modality, "tiny")
+    assert type(loaded.pipe).__name__ == cls
+    assert loaded.source == source
+    assert all(not m.training for m in loaded.pipe.components.values() if hasattr(m, "training"))
+
+
+def test_a_loaded_pipeline_is_reused():
+    assert load_pipeline("image", "tiny") is load_pipeline("image", "tiny")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_schedulers_are_selectable(name):
+    pipe = load_pipeline("image", "tiny").pipe
+    use_scheduler(pipe, name)
+    assert type(pipe.scheduler).__name__ == SCHEDULERS[name][0]
+    # The model's noise schedule survives the swap.
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    use_scheduler(pipe, "dpm++")
+
+
+def test_unknown_scheduler():
+    with pytest.raises(ValueError, match="choose one of"):
+        use_scheduler(load_pipeline("image", "tiny").pipe, "heun")
+
+
+def test_full_profile_without_weights_says_how_to_fetch_them():
+    with pytest.raises(ModelNotAvailable) as err:
+        model_source("image", "full")
+    message = str(err.value)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+    assert "genbundle models pull --models full" in message and "GENBUNDLE_IMAGE_MODEL" in message
+
+
+def test_full_profile_loads_a_local_folder_through_the_same_path(settings_env):
+    """Any diffusers folder works as a full model: here the tiny one, named by GENBUNDLE_SOUND_MODEL."""
+    settings_env(GENBUNDLE_SOUND_MODEL=model_source("sound", "tiny"))
+    assert model_source("sound", "full") == model_source("sound", "tiny")
+    with pytest.raises(ModelNotAvailable, match="image model"):
+        models.check_models_available("full")
