@@ -9,15 +9,27 @@ from prefect import flow, get_run_logger
 from tasks.artifacts import publish_summary
 from tasks.audio import generate_sound, normalise_sound
 from tasks.brief import Brief
-from tasks.cover import title_cover
+from tasks.cover import check_title_fits, title_cover
 from tasks.generation import resolve_job
 from tasks.image import generate_cover
 from tasks.manifest import TINY_NOTE, write_manifest
-from tasks.models import check_models_available
+from tasks.models import ENGINES, check_models_available
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.storage import bundle_id, staging_dir, store_bundle
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
+
+
+def _font(brief: Brief) -> str | None:
+    return str(brief.cover.font) if brief.cover.font else None
+
+
+def preflight(brief: Brief) -> None:
+    """What can be checked before any model loads: the full weights are there, the title fits the cover."""
+    check_models_available(brief.models)
+    defaults = ENGINES["image"].defaults(brief.models)
+    size = (brief.cover.width or defaults.width, brief.cover.height or defaults.height)
+    check_title_fits(size, brief.title, brief.author, brief.tagline, _font(brief))
 
 
 @flow(name="asset-bundle", flow_run_name="{brief.title}")
@@ -28,7 +40,7 @@ def asset_bundle(brief: Brief, out: str | None = None) -> str:
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    check_models_available(brief.models)
+    preflight(brief)
     bundle, staging = bundle_id(brief), str(staging_dir(brief, out))
     logger.info("bundle %s, models %s", bundle, brief.models)
     if brief.models == "tiny":
@@ -42,7 +54,7 @@ def asset_bundle(brief: Brief, out: str | None = None) -> str:
     sound = generate_sound.submit(jobs["sound"], staging)
     video = generate_video.submit(jobs["video"], staging)
 
-    titled = title_cover.submit(cover, staging, brief.title, brief.author, brief.tagline, brief.cover.font and str(brief.cover.font))
+    titled = title_cover.submit(cover, staging, brief.title, brief.author, brief.tagline, _font(brief))
     normalised = normalise_sound.submit(sound, staging, brief.sound.loudness, brief.sound.true_peak)
     muxed = mux_sound_onto_video.submit(video, normalised, staging)
     poster = make_poster.submit(video, staging)

@@ -110,19 +110,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
 
-    from tasks.models import ModelNotAvailable, check_models_available
-
-    try:
-        check_models_available(brief.models)
-    except ModelNotAvailable as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 1
-
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the progress display tells the story
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
-    from flows.bundle import asset_bundle
+    from flows.bundle import asset_bundle, preflight
     from tasks import progress
+    from tasks.models import ModelNotAvailable
+
+    try:
+        preflight(brief)
+    except BriefError as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except ModelNotAvailable as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 1
 
     live, listener = _progress_display(console)
     progress.add_listener(listener)

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from prefect import task
 from pydantic import BaseModel
 
+from tasks.brief import BriefError
 from tasks.generation import Generated
 from tasks.progress import tracked
 from tasks.storage import atomic_path
@@ -101,7 +102,10 @@ def layout_text(
         if ok and block_h <= usable_h:
             break
     else:
-        raise ValueError(f"the title does not fit a {width}x{height} cover; shorten it or use a larger cover")
+        raise BriefError(
+            f"title: does not fit a {width}x{height} cover even at the smallest size; "
+            "shorten it (or its longest word) or make the cover larger (cover.width, cover.height)"
+        )
     y = margin if band == "top" else height - margin - block_h
     placed = []
     for text, px in lines:
@@ -110,6 +114,11 @@ def layout_text(
     x0 = min(round((width - draw.textlength(ln.text, font=load_font(font, ln.size))) / 2) for ln in placed)
     box = (x0, placed[0].y, width - x0, y)
     return Layout(lines=placed, box=box, title_size=title_size)
+
+
+def check_title_fits(size: tuple[int, int], title: str, author: str, tagline: str | None, font: str | None) -> None:
+    """Raise BriefError now, before any model loads, if the text cannot fit the cover."""
+    layout_text(size, "top", title, author, tagline, font)
 
 
 def scrim_alpha(region: np.ndarray, text_lum: float, scrim_rgb: tuple[int, int, int]) -> float:

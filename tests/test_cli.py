@@ -40,3 +40,11 @@ def test_run_makes_a_bundle_and_prints_where(tmp_path):
     assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == 7
     assert "car_with_sound.mp4" in result.stderr  # the summary table
     assert "Placeholder outputs" in result.stderr
+
+
+def test_a_title_too_long_for_the_cover_is_refused_before_generation(tmp_path):
+    result = genbundle("run", "--title", "Supercalifragilisticexpialidocious" * 3, "--out", str(tmp_path))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: title: does not fit a 128x192 cover") and "cover.width" in line
+    assert not any(tmp_path.iterdir())

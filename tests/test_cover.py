@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.brief import BriefError
 from tasks.cover import MARGIN, MIN_CONTRAST, contrast_ratio, relative_luminance, typeset
 
 W, H = 512, 768
@@ -76,7 +77,7 @@ def test_text_stays_within_the_margins_and_wraps():
 
 
 def test_a_title_that_cannot_fit_is_refused():
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(BriefError, match="title: does not fit a 64x64 cover"):
         typeset(Image.fromarray(BACKGROUNDS["black"][:64, :64]), "Pneumonoultramicroscopicsilicovolcanoconiosis", "A")
 
 
