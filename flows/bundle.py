@@ -63,7 +63,7 @@ def asset_bundle(brief: Brief, out: str | None = None) -> str:
     titled, normalised, muxed, poster = titled.result(), normalised.result(), muxed.result(), poster.result()
 
     timings = {"prompts": prompt_timer.seconds}
-    for name, g in zip(("cover", "sound", "video"), generated.values()):
+    for name, g in zip(("cover", "sound", "video"), generated.values(), strict=True):
         timings[f"{name}_load"], timings[name] = g.load_seconds, g.generate_seconds
     timings |= {"title": titled.seconds, "normalise": normalised.seconds, "mux": muxed.seconds}
 

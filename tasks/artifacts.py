@@ -47,7 +47,9 @@ def summary_markdown(manifest: dict, location: str) -> str:
     lines += [f"| {k} | {v:.2f} |" for k, v in manifest["timings_seconds"].items()]
     lines += ["", "| modality | pipeline | scheduler | steps | guidance | device |", "|---|---|---|---|---|---|"]
     for m, e in manifest["engines"].items():
-        lines.append(f"| {m} | {e['pipeline_class']} | {e['scheduler']} | {e['steps']} | {e['guidance']} | {e['device']} {e['dtype']} |")
+        lines.append(
+            f"| {m} | {e['pipeline_class']} | {e['scheduler']} | {e['steps']} | {e['guidance']} | {e['device']} {e['dtype']} |"
+        )
     lines += ["", f"_{manifest['disclosure']}_"]
     return "\n".join(lines)
 

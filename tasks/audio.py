@@ -167,7 +167,12 @@ def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: 
     if peak > ceiling_dbtp - LIMITER_MARGIN_DB / 2:  # should not happen; never clip, even at loudness' cost
         x = x * 10 ** ((ceiling_dbtp - LIMITER_MARGIN_DB - peak) / 20)
         loudness, peak = integrated_loudness(x, OUTPUT_RATE), true_peak_db(x)
-    return x, {"loudness_lufs": float(loudness), "true_peak_dbtp": float(peak), "gain_db": float(total_gain_db), "limited": limited}
+    return x, {
+        "loudness_lufs": float(loudness),
+        "true_peak_dbtp": float(peak),
+        "gain_db": float(total_gain_db),
+        "limited": limited,
+    }
 
 
 @task(name="normalise-sound")

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Profile = Literal["tiny", "full"]
 SchedulerName = Literal["dpm++", "ddim", "lms", "euler", "pndm"]
 
-DEFAULT_COVER_PROMPT = "A mystical forest with ancient trees and glowing creatures, fantasy book cover art, dramatic lighting."
+DEFAULT_COVER_PROMPT = (
+    "A mystical forest with ancient trees and glowing creatures, fantasy book cover art, dramatic lighting."
+)
 DEFAULT_SOUND_PROMPT = "Car sound, realistic engine, accelerating, 5 seconds."
 DEFAULT_VIDEO_PROMPT = "A car driving on a winding mountain road, cinematic, smooth camera movement."
 

@@ -88,7 +88,11 @@ def layout_text(
     usable_w, usable_h = width - 2 * margin, round(BAND * height) - margin
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for title_size in range(max(12, width // 6), 5, -1):
-        parts = [(title, title_size), (tagline, max(6, round(title_size * 0.42))), (author, max(6, round(title_size * 0.5)))]
+        parts = [
+            (title, title_size),
+            (tagline, max(6, round(title_size * 0.42))),
+            (author, max(6, round(title_size * 0.5))),
+        ]
         lines, ok = [], True
         for text, px in parts:
             if not text:

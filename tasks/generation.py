@@ -123,4 +123,3 @@ def run_generation(job: Job, call: Callable[[object, object], object]) -> tuple[
         device=rt.device,
     )
     return output, engine, load_seconds, generate_seconds
-

@@ -74,7 +74,12 @@ def describe_asset(path: Path, role: str) -> dict:
         ]
         video = next((s for s in streams if s.kind == "video"), None)
         if video:
-            entry |= {"width": video.width, "height": video.height, "fps": video.fps, "duration": round(video.duration, 4)}
+            entry |= {
+                "width": video.width,
+                "height": video.height,
+                "fps": video.fps,
+                "duration": round(video.duration, 4),
+            }
     return entry
 
 

@@ -63,13 +63,17 @@ def probe(path: Path) -> list[StreamInfo]:
                 cc = s.codec_context
                 streams.append(
                     StreamInfo(
-                        "video", cc.name, duration, cc.width, cc.height,
-                        float(s.average_rate) if s.average_rate else None, cc.pix_fmt, frames=s.frames or None,
+                        "video",
+                        cc.name,
+                        duration,
+                        cc.width,
+                        cc.height,
+                        float(s.average_rate) if s.average_rate else None,
+                        cc.pix_fmt,
+                        frames=s.frames or None,
                     )
                 )
             else:
                 cc = s.codec_context
-                streams.append(
-                    StreamInfo("audio", cc.name, duration, sample_rate=cc.sample_rate, channels=cc.channels)
-                )
+                streams.append(StreamInfo("audio", cc.name, duration, sample_rate=cc.sample_rate, channels=cc.channels))
     return streams

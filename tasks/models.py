@@ -26,10 +26,9 @@ MODALITIES: tuple[Modality, ...] = ("image", "sound", "video")
 
 # Set before diffusers/transformers import: their loggers read these once. The deprecation line that
 # AudioLDMPipeline and TextToVideoSDPipeline log on every load is known (see the registry below).
-for _name in ("HF_HUB_DISABLE_PROGRESS_BARS",):
-    os.environ.setdefault(_name, "1")
-for _name in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
-    os.environ.setdefault(_name, "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @dataclass(frozen=True)
@@ -60,19 +59,25 @@ class EngineSpec:
 ENGINES: dict[Modality, EngineSpec] = {
     # Cover: 512x768 is SD1.5's native width at a book cover's 2:3.
     "image": EngineSpec(
-        "image", "StableDiffusionPipeline", "image_model",
+        "image",
+        "StableDiffusionPipeline",
+        "image_model",
         full=Defaults(steps=25, guidance=7.5, width=512, height=768),
         tiny=Defaults(steps=4, guidance=7.5, width=128, height=192),
     ),
     # Sound length comes from the brief (5 s by default); AudioLDM is tuned for low guidance.
     "sound": EngineSpec(
-        "sound", "AudioLDMPipeline", "sound_model",
+        "sound",
+        "AudioLDMPipeline",
+        "sound_model",
         full=Defaults(steps=20, guidance=2.5),
         tiny=Defaults(steps=4, guidance=2.5),
     ),
     # Zeroscope v2 576w's native size; 24 frames at 8 fps make 3 s.
     "video": EngineSpec(
-        "video", "TextToVideoSDPipeline", "video_model",
+        "video",
+        "TextToVideoSDPipeline",
+        "video_model",
         full=Defaults(steps=25, guidance=9.0, width=576, height=320, frames=24, fps=8),
         tiny=Defaults(steps=4, guidance=9.0, width=64, height=32, frames=8, fps=8),
     ),
@@ -122,11 +127,7 @@ def runtime() -> Runtime:
             use_cuda = torch.cuda.is_available() and wanted != "cpu"
             if wanted == "cuda" and not use_cuda:
                 raise ModelNotAvailable("GENBUNDLE_DEVICE=cuda but no CUDA device is visible; set it to auto or cpu")
-            if use_cuda:
-                dtype = "bfloat16" if torch.cuda.is_bf16_supported() and os.environ.get("GENBUNDLE_BF16") else "float16"
-                _runtime = Runtime("cuda", dtype)
-            else:
-                _runtime = Runtime("cpu", "float32")
+            _runtime = Runtime("cuda", "float16") if use_cuda else Runtime("cpu", "float32")
         return _runtime
 
 

@@ -102,9 +102,7 @@ class _Counter:
         return "", text
 
 
-def expand_one(
-    modality: Modality, original: str, negative: str | None, tokenizer, rewrite=None
-) -> ExpandedPrompt:
+def expand_one(modality: Modality, original: str, negative: str | None, tokenizer, rewrite=None) -> ExpandedPrompt:
     """Template expansion of one prompt, kept within the tokenizer's context."""
     log = logging.getLogger("genbundle.prompts")
     counter = _Counter(tokenizer)

@@ -36,7 +36,9 @@ dragon castle knight wizard magic sword moon stars glow light dark red blue gree
 """.split()
 
 
-def _train_bpe(vocab_size: int, *, byte_level: bool, specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train_bpe(
+    vocab_size: int, *, byte_level: bool, specials: list[str]
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train a small BPE on the built-in corpus; returns (vocab, merges) in HF's JSON formats."""
     if byte_level:  # RoBERTa / GPT-2 style: spaces become 'Ġ'.
         model = models.BPE()

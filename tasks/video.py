@@ -34,9 +34,30 @@ def encode_h264(frames: np.ndarray, fps: int, path: Path) -> None:
     with atomic_path(path) as tmp:
         run_ffmpeg(
             [
-                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
-                "-c:v", "libx264", "-preset", "medium", "-crf", "17", "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp),
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "-s",
+                f"{width}x{height}",
+                "-r",
+                str(fps),
+                "-i",
+                "pipe:0",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "medium",
+                "-crf",
+                "17",
+                "-pix_fmt",
+                "yuv420p",
+                "-movflags",
+                "+faststart",
+                "-an",
+                "-f",
+                "mp4",
+                str(tmp),
             ],
             input=np.ascontiguousarray(frames).tobytes(),
         )
@@ -98,13 +119,32 @@ def mux_sound_onto_video(video: Generated, sound: NormalisedSound, staging: str)
         with atomic_path(out) as tmp:
             run_ffmpeg(
                 [
-                    "-i", video.path, *loop, "-i", sound.path,
-                    "-map", "0:v:0", "-map", "1:a:0",
-                    "-c:v", "copy",
-                    "-af", f"atrim=0:{duration:.6f},afade=t=out:st={duration - fade:.6f}:d={fade:.6f}",
-                    "-c:a", "aac", "-b:a", "192k", "-ar", "48000",
-                    "-t", f"{duration:.6f}",
-                    "-movflags", "+faststart", "-f", "mp4", str(tmp),
+                    "-i",
+                    video.path,
+                    *loop,
+                    "-i",
+                    sound.path,
+                    "-map",
+                    "0:v:0",
+                    "-map",
+                    "1:a:0",
+                    "-c:v",
+                    "copy",
+                    "-af",
+                    f"atrim=0:{duration:.6f},afade=t=out:st={duration - fade:.6f}:d={fade:.6f}",
+                    "-c:a",
+                    "aac",
+                    "-b:a",
+                    "192k",
+                    "-ar",
+                    "48000",
+                    "-t",
+                    f"{duration:.6f}",
+                    "-movflags",
+                    "+faststart",
+                    "-f",
+                    "mp4",
+                    str(tmp),
                 ]
             )
     return Muxed(path=str(out), audio_fit=fit, seconds=timer.seconds)
@@ -115,7 +155,23 @@ def make_poster(video: Generated, staging: str) -> str:
     """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
     out = Path(staging) / POSTER_NAME
     with tracked("poster"), atomic_path(out) as tmp:
-        run_ffmpeg(["-i", video.path, "-vf", "thumbnail", "-frames:v", "1", "-update", "1", "-c:v", "png", "-f", "image2", str(tmp)])
+        run_ffmpeg(
+            [
+                "-i",
+                video.path,
+                "-vf",
+                "thumbnail",
+                "-frames:v",
+                "1",
+                "-update",
+                "1",
+                "-c:v",
+                "png",
+                "-f",
+                "image2",
+                str(tmp),
+            ]
+        )
         if tmp.stat().st_size == 0:
             raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
     return str(out)

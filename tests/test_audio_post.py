@@ -36,8 +36,19 @@ def ebur128(path) -> tuple[float, float]:
 def _raw(tmp_path, samples) -> Generated:
     path = tmp_path / "raw.wav"
     sf.write(path, samples, RATE, subtype="FLOAT")
-    engine = Engine(pipeline_class="x", model="x", model_path="x", profile="tiny", scheduler="ddim",
-                    scheduler_class="x", steps=1, guidance=1.0, seed=0, dtype="float32", device="cpu")
+    engine = Engine(
+        pipeline_class="x",
+        model="x",
+        model_path="x",
+        profile="tiny",
+        scheduler="ddim",
+        scheduler_class="x",
+        steps=1,
+        guidance=1.0,
+        seed=0,
+        dtype="float32",
+        device="cpu",
+    )
     return Generated(path=str(path), engine=engine, load_seconds=0, generate_seconds=0)
 
 

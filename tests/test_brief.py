@@ -3,7 +3,14 @@ import json
 import pytest
 
 from flows.cli import brief_from_args, build_parser
-from tasks.brief import DEFAULT_COVER_PROMPT, DEFAULT_SOUND_PROMPT, DEFAULT_VIDEO_PROMPT, BriefError, load_brief_file, parse_brief
+from tasks.brief import (
+    DEFAULT_COVER_PROMPT,
+    DEFAULT_SOUND_PROMPT,
+    DEFAULT_VIDEO_PROMPT,
+    BriefError,
+    load_brief_file,
+    parse_brief,
+)
 
 
 def test_defaults_are_the_seed_prompts():
@@ -20,15 +27,24 @@ def test_defaults_are_the_seed_prompts():
     "data, expected",
     [
         ({"author": "A"}, "title: is required"),
-        ({"title": "T", "author": "A", "cover": {"width": 100}}, "cover.width: must be a multiple of 8 (got 100; try 96)"),
+        (
+            {"title": "T", "author": "A", "cover": {"width": 100}},
+            "cover.width: must be a multiple of 8 (got 100; try 96)",
+        ),
         ({"title": "T", "author": "A", "video": {"height": 36}}, "video.height: must be a multiple of 8"),
         ({"title": "T", "author": "A", "colour": "red"}, "colour: is not a brief field"),
         ({"title": "T", "author": "A", "seed": -1}, "seed: Input should be greater than or equal to 0"),
         ({"title": "T", "author": "A", "models": "huge"}, "models: Input should be 'tiny' or 'full'"),
-        ({"title": "T", "author": "A", "sound": {"duration": 90}}, "sound.duration: Input should be less than or equal to 30"),
+        (
+            {"title": "T", "author": "A", "sound": {"duration": 90}},
+            "sound.duration: Input should be less than or equal to 30",
+        ),
         ({"title": "T", "author": "A", "cover": {"scheduler": "heun"}}, "cover.scheduler: Input should be"),
         ({"title": "   ", "author": "A"}, "title: must not be blank"),
-        ({"title": "T", "author": "A", "cover": {"font": "/no/such/font.ttf"}}, "cover.font: font file /no/such/font.ttf does not exist"),
+        (
+            {"title": "T", "author": "A", "cover": {"font": "/no/such/font.ttf"}},
+            "cover.font: font file /no/such/font.ttf does not exist",
+        ),
     ],
 )
 def test_bad_briefs_name_the_field(data, expected):
@@ -66,8 +82,20 @@ def test_unreadable_brief_files(tmp_path):
 def test_flags_override_the_file(tmp_path):
     (tmp_path / "b.yaml").write_text("title: From File\nauthor: K. Lee\nseed: 3\n")
     args = build_parser().parse_args(
-        ["run", str(tmp_path / "b.yaml"), "--seed", "9", "--sound-prompt", "a diesel idling",
-         "--set", "cover.width=512", "--set", "video.fps=12", "--models", "tiny"]
+        [
+            "run",
+            str(tmp_path / "b.yaml"),
+            "--seed",
+            "9",
+            "--sound-prompt",
+            "a diesel idling",
+            "--set",
+            "cover.width=512",
+            "--set",
+            "video.fps=12",
+            "--models",
+            "tiny",
+        ]
     )
     brief = brief_from_args(args)
     assert (brief.title, brief.seed, brief.sound.prompt) == ("From File", 9, "a diesel idling")

@@ -9,8 +9,12 @@ from pathlib import Path
 
 def genbundle(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
-        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}, timeout=600,
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=600,
     )
 
 

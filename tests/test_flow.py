@@ -10,8 +10,14 @@ from PIL import Image
 from tasks.manifest import DISCLOSURE, TINY_NOTE, sha256_file
 
 EXPECTED = {
-    "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav",
-    "car.mp4", "car_with_sound.mp4", "poster.png", "bundle.json",
+    "cover.png",
+    "cover_titled.png",
+    "engine_raw.wav",
+    "engine.wav",
+    "car.mp4",
+    "car_with_sound.mp4",
+    "poster.png",
+    "bundle.json",
 }
 
 
@@ -39,7 +45,11 @@ def test_manifest_records_how_it_was_made(tiny_bundle):
     assert m["disclosure"] == DISCLOSURE and "AI-generated" in m["disclosure"]
     assert m["placeholder"] == TINY_NOTE
     assert m["brief"]["title"] == "The Forest of Glowing Things"
-    for modality, cls in [("image", "StableDiffusionPipeline"), ("sound", "AudioLDMPipeline"), ("video", "TextToVideoSDPipeline")]:
+    for modality, cls in [
+        ("image", "StableDiffusionPipeline"),
+        ("sound", "AudioLDMPipeline"),
+        ("video", "TextToVideoSDPipeline"),
+    ]:
         engine = m["engines"][modality]
         assert engine["pipeline_class"] == cls
         assert {"model", "profile", "scheduler", "steps", "guidance", "seed", "dtype", "device"} <= engine.keys()
@@ -76,10 +86,9 @@ def test_same_brief_same_place_same_outputs(tiny_bundle):
 
 
 def test_the_summary_artifact_is_published(tiny_bundle):
+    import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    import anyio
 
     async def read():
         async with get_client() as client:

@@ -1,7 +1,7 @@
 import pytest
 
 from tasks import models
-from tasks.models import ModelNotAvailable, SCHEDULERS, load_pipeline, model_source, use_scheduler
+from tasks.models import SCHEDULERS, ModelNotAvailable, load_pipeline, model_source, use_scheduler
 from tasks.settings import get_settings
 
 
@@ -20,7 +20,8 @@ def settings_env(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "modality, cls", [("image", "StableDiffusionPipeline"), ("sound", "AudioLDMPipeline"), ("video", "TextToVideoSDPipeline")]
+    "modality, cls",
+    [("image", "StableDiffusionPipeline"), ("sound", "AudioLDMPipeline"), ("video", "TextToVideoSDPipeline")],
 )
 def test_tiny_pipelines_are_saved_and_loaded_back_with_from_pretrained(modality, cls):
     source = model_source(modality, "tiny")

@@ -73,7 +73,9 @@ def test_rewrite_model_with_random_weights_falls_back_to_the_template(tmp_path, 
     tokenizer.save_pretrained(tmp_path)
 
     with caplog.at_level(logging.WARNING, logger="genbundle.prompts"):
-        p = expand_one("sound", "car engine accelerating", None, load_tokenizer("sound", "tiny"), rewrite_with_model(str(tmp_path)))
+        p = expand_one(
+            "sound", "car engine accelerating", None, load_tokenizer("sound", "tiny"), rewrite_with_model(str(tmp_path))
+        )
     assert p.rewritten_by is None
     assert p.prompt.startswith("car engine accelerating, ")
     assert "looked degenerate" in caplog.text

@@ -12,8 +12,19 @@ from tasks.generation import Engine, Generated
 from tasks.media import probe
 from tasks.video import encode_h264, make_poster, mux_sound_onto_video
 
-ENGINE = Engine(pipeline_class="x", model="x", model_path="x", profile="tiny", scheduler="ddim",
-                scheduler_class="x", steps=1, guidance=1.0, seed=0, dtype="float32", device="cpu")
+ENGINE = Engine(
+    pipeline_class="x",
+    model="x",
+    model_path="x",
+    profile="tiny",
+    scheduler="ddim",
+    scheduler_class="x",
+    steps=1,
+    guidance=1.0,
+    seed=0,
+    dtype="float32",
+    device="cpu",
+)
 
 
 def _video(tmp_path, frames=24, fps=8) -> Generated:
@@ -30,8 +41,16 @@ def _sound(tmp_path, seconds) -> NormalisedSound:
     x = 0.3 * np.sin(2 * np.pi * 80 * np.arange(int(seconds * rate)) / rate)
     path = tmp_path / "engine.wav"
     sf.write(path, x, rate, subtype="PCM_24")
-    return NormalisedSound(path=str(path), sample_rate=rate, duration=seconds, loudness_lufs=-14, true_peak_dbtp=-1,
-                           gain_db=0, limited=False, seconds=0)
+    return NormalisedSound(
+        path=str(path),
+        sample_rate=rate,
+        duration=seconds,
+        loudness_lufs=-14,
+        true_peak_dbtp=-1,
+        gain_db=0,
+        limited=False,
+        seconds=0,
+    )
 
 
 def _top_level_boxes(path) -> list[str]:
