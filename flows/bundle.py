@@ -16,7 +16,8 @@ from tasks.manifest import TINY_NOTE, write_manifest
 from tasks.models import ENGINES, check_models_available
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
-from tasks.storage import bundle_id, staging_dir, store_bundle
+from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
+from tasks.storage import bundle_id, staging_dir, storage_target, store_bundle, upload_bundle
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
 
 
@@ -24,8 +25,10 @@ def _font(brief: Brief) -> str | None:
     return str(brief.cover.font) if brief.cover.font else None
 
 
-def preflight(brief: Brief) -> None:
-    """What can be checked before any model loads: the full weights are there, the title fits the cover."""
+def preflight(brief: Brief, storage: str | None = None) -> None:
+    """What can be checked before any model loads: weights there, title fits, bucket reachable."""
+    if is_s3_url(storage):
+        check_bucket(parse_s3_url(storage))
     check_models_available(brief.models)
     defaults = ENGINES["image"].defaults(brief.models)
     size = (brief.cover.width or defaults.width, brief.cover.height or defaults.height)
@@ -33,20 +36,22 @@ def preflight(brief: Brief) -> None:
 
 
 @flow(name="asset-bundle", flow_run_name="{brief.title}")
-def asset_bundle(brief: Brief, out: str | None = None) -> str:
+def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = None) -> str:
     """Expand the prompts, generate cover, sound and video concurrently, finish them, store the bundle.
 
-    Returns where the bundle was stored.
+    The bundle is stored under `out` (default GENBUNDLE_OUT) and, when `storage` (default
+    GENBUNDLE_STORAGE) is an s3:// URL, uploaded there. Returns where it was stored.
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    preflight(brief)
+    storage = storage_target(storage)
+    preflight(brief, storage)
     bundle, staging = bundle_id(brief), str(staging_dir(brief, out))
     logger.info("bundle %s, models %s", bundle, brief.models)
     if brief.models == "tiny":
         logger.warning(TINY_NOTE)
 
-    with tracked("prompts") as prompt_timer:
+    with tracked("prompts") as prompt_stage:
         prompts = expand_prompts(brief)
     jobs = {m: resolve_job(brief, prompts, m) for m in ("image", "sound", "video")}
 
@@ -62,7 +67,7 @@ def asset_bundle(brief: Brief, out: str | None = None) -> str:
     generated = {"image": cover.result(), "sound": sound.result(), "video": video.result()}
     titled, normalised, muxed, poster = titled.result(), normalised.result(), muxed.result(), poster.result()
 
-    timings = {"prompts": prompt_timer.seconds}
+    timings = {"prompts": prompt_stage.seconds}
     for name, g in zip(("cover", "sound", "video"), generated.values(), strict=True):
         timings[f"{name}_load"], timings[name] = g.load_seconds, g.generate_seconds
     timings |= {"title": titled.seconds, "normalise": normalised.seconds, "mux": muxed.seconds}
@@ -86,6 +91,12 @@ def asset_bundle(brief: Brief, out: str | None = None) -> str:
         names = write_manifest(bundle, brief, prompts, generated, assets, notes, timings, staging)
     with tracked("store"):
         location = store_bundle(staging, names, bundle, out)
-    publish_summary(location)
-    logger.info("bundle stored at %s", location)
-    return location
+    upload = None
+    if is_s3_url(storage):
+        with tracked("upload") as stage:
+            upload = upload_bundle(location, storage)
+            stage.detail = upload.summary()
+        logger.info("%s: %s", upload.url, stage.detail)
+    publish_summary(location, upload)
+    logger.info("bundle stored at %s", upload.url if upload else location)
+    return upload.url if upload else location

@@ -61,37 +61,37 @@ def brief_from_args(args: argparse.Namespace):
     return parse_brief(data)
 
 
-def _progress_display(console):
+def _progress_display(console, stages: list[str]):
     """A live table of stages, fed by the tasks' progress reports."""
     from rich.live import Live
     from rich.table import Table
 
-    state: dict[str, tuple[str, float | None]] = {s: ("waiting", None) for s in STAGES}
+    state: dict[str, tuple[str, str, str]] = {s: ("waiting", "", "") for s in stages}
     marks = {"waiting": "[dim]·[/]", "running": "[yellow]…[/]", "done": "[green]✓[/]", "failed": "[red]✗[/]"}
 
     def render() -> Table:
         table = Table(box=None, show_header=False, padding=(0, 1))
-        for stage, (status, seconds) in state.items():
-            table.add_row(marks[status], stage, "" if seconds is None else f"{seconds:.2f} s")
+        for name, (status, seconds, detail) in state.items():
+            table.add_row(marks[status], name, seconds, detail)
         return table
 
     live = Live(render(), console=console, refresh_per_second=8, transient=False)
 
-    def listener(stage: str, status: str, seconds: float | None) -> None:
-        state[stage] = (status, seconds)
+    def listener(stage) -> None:
+        state[stage.name] = (stage.status, f"{stage.seconds:.2f} s" if stage.status != "running" else "", stage.detail)
         live.update(render())
 
     return live, listener
 
 
-def _summary_table(location: str):
+def _summary_table(location: Path):
     import json
 
     from rich.table import Table
 
     from tasks.artifacts import _size, asset_details
 
-    manifest = json.loads((Path(location) / "bundle.json").read_text())
+    manifest = json.loads((location / "bundle.json").read_text())
     table = Table(title=f"bundle {manifest['bundle_id']}")
     for col in ("asset", "size", "details"):
         table.add_column(col)
@@ -116,33 +116,98 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.bundle import asset_bundle, preflight
     from tasks import progress
     from tasks.models import ModelNotAvailable
+    from tasks.s3 import StorageError, is_s3_url
+    from tasks.storage import bundle_id, out_root, storage_target
 
+    storage = storage_target(args.storage)
     try:
-        preflight(brief)
+        preflight(brief, storage)
     except BriefError as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
-    except ModelNotAvailable as err:
+    except (ModelNotAvailable, StorageError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 1
 
-    live, listener = _progress_display(console)
+    live, listener = _progress_display(console, STAGES + (["upload"] if is_s3_url(storage) else []))
     progress.add_listener(listener)
     try:
         with live:
-            location = asset_bundle(brief, out=str(args.out) if args.out else None)
+            location = asset_bundle(brief, out=str(args.out) if args.out else None, storage=storage)
+    except StorageError as err:  # already one line that names the fix
+        console.print(f"[red]run failed:[/] {err}", highlight=False, soft_wrap=True)
+        return 1
     except Exception as err:  # the run failed: one line, the details are in the Prefect logs
         console.print(f"[red]run failed:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
         return 1
     finally:
         progress.remove_listener(listener)
 
-    table, manifest = _summary_table(location)
+    local = out_root(args.out) / bundle_id(brief)
+    table, manifest = _summary_table(local)
     console.print()
     console.print(table)
     if "placeholder" in manifest:
         console.print(f"[yellow]note:[/] {manifest['placeholder']}", highlight=False)
+    if is_s3_url(location):
+        _print_links(console, location, [a["name"] for a in manifest["assets"]] + ["bundle.json"])
     print(location)
+    return 0
+
+
+def _print_links(console, url: str, names: list[str]) -> None:
+    from tasks.s3 import parse_s3_url, presigned_links, s3_client
+    from tasks.settings import get_settings
+
+    expiry = get_settings().presign_expiry
+    console.print(f"shareable links (presigned, valid {expiry // 60} min):")
+    for name, link in presigned_links(s3_client(), parse_s3_url(url), names, expiry).items():
+        print(f"{name}\t{link}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tasks.s3 import StorageError
+    from tasks.verify import verify_bundle
+
+    try:
+        result = verify_bundle(args.target)
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for a in result.assets:
+        detail = "" if a.status == "ok" else f" (expected {a.expected_sha256[:12]}, {a.expected_bytes} bytes"
+        if a.status == "mismatch":
+            detail += f"; found {a.found_sha256[:12]}, {a.found_bytes} bytes)"
+        elif a.status == "missing":
+            detail += ")"
+        print(f"{a.status:8} {a.name}{detail}")
+    print(f"{'verified' if result.ok else 'FAILED'}: {args.target}")
+    return 0 if result.ok else 1
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from tasks.s3 import StorageError, list_bundles, parse_s3_url
+
+    try:
+        bundles = list_bundles(parse_s3_url(args.target))
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for b in bundles:
+        title = b.title if b.title is not None else "(incomplete: no manifest)"
+        print(f"{b.created or '-':25} {b.assets:3} assets {b.bytes:>12} bytes  {title}  {b.url}")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from tasks.s3 import StorageError, parse_s3_url, upload_bundle_dir
+
+    try:
+        report = upload_bundle_dir(Path(args.bundle), parse_s3_url(args.target))
+    except StorageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{report.url}: {report.summary()} in {report.seconds:.2f} s")
     return 0
 
 
@@ -174,7 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, help="seconds of engine sound")
     run.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any brief field, e.g. cover.steps=30")
     run.add_argument("--out", type=Path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
+    run.add_argument("--storage", help="also upload to s3://bucket/prefix (default GENBUNDLE_STORAGE)")
     run.set_defaults(func=cmd_run)
+
+    verify = sub.add_parser("verify", help="re-hash a stored bundle against its manifest")
+    verify.add_argument("target", help="a bundle folder, or s3://bucket/prefix/<bundle-id>")
+    verify.set_defaults(func=cmd_verify)
+
+    ls = sub.add_parser("ls", help="list the bundles under an s3:// prefix")
+    ls.add_argument("target", help="s3://bucket/prefix")
+    ls.set_defaults(func=cmd_ls)
+
+    upload = sub.add_parser("upload", help="upload a stored local bundle (e.g. after a failed upload)")
+    upload.add_argument("bundle", help="the local bundle folder")
+    upload.add_argument("target", help="s3://bucket/prefix")
+    upload.set_defaults(func=cmd_upload)
 
     models = sub.add_parser("models", help="model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)

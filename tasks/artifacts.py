@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.s3 import UploadReport
 from tasks.storage import MANIFEST_NAME
 
 
@@ -28,7 +29,7 @@ def asset_details(asset: dict) -> str:
     return ", ".join(bits)
 
 
-def summary_markdown(manifest: dict, location: str) -> str:
+def summary_markdown(manifest: dict, location: str, upload: UploadReport | None = None) -> str:
     lines = [f"# Bundle `{manifest['bundle_id']}`", ""]
     if "placeholder" in manifest:
         lines += [f"> **Note:** {manifest['placeholder']}", ""]
@@ -36,13 +37,18 @@ def summary_markdown(manifest: dict, location: str) -> str:
     lines += [
         f"**{brief['title']}** by {brief['author']}, seed {brief['seed']}, profile `{brief['models']}`",
         "",
-        f"Stored at `{location}`",
+        f"Stored at `{upload.url if upload else location}`",
         "",
-        "| asset | role | size | details | sha256 |",
-        "|---|---|---|---|---|",
     ]
+    if upload:
+        lines += [
+            f"Links below are presigned and expire after {upload.expires_in // 60} minutes. {upload.summary()}.",
+            "",
+        ]
+    lines += ["| asset | role | size | details | sha256 |", "|---|---|---|---|---|"]
     for a in manifest["assets"]:
-        lines.append(f"| {a['name']} | {a['role']} | {_size(a['bytes'])} | {asset_details(a)} | `{a['sha256'][:12]}` |")
+        name = f"[{a['name']}]({upload.links[a['name']]})" if upload else a["name"]
+        lines.append(f"| {name} | {a['role']} | {_size(a['bytes'])} | {asset_details(a)} | `{a['sha256'][:12]}` |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in manifest["timings_seconds"].items()]
     lines += ["", "| modality | pipeline | scheduler | steps | guidance | device |", "|---|---|---|---|---|---|"]
@@ -55,9 +61,9 @@ def summary_markdown(manifest: dict, location: str) -> str:
 
 
 @task(name="publish-summary")
-def publish_summary(location: str) -> str:
+def publish_summary(location: str, upload: UploadReport | None = None) -> str:
     """Publish the bundle's summary as a markdown artifact keyed by bundle id; returns its markdown."""
     manifest = json.loads((Path(location) / MANIFEST_NAME).read_text(encoding="utf-8"))
-    markdown = summary_markdown(manifest, location)
+    markdown = summary_markdown(manifest, location, upload)
     create_markdown_artifact(key=f"bundle-{manifest['bundle_id']}"[:100], markdown=markdown, description="Asset bundle")
     return markdown

@@ -182,11 +182,11 @@ def normalise_sound(
     """Normalise the raw engine sound into a 48 kHz WAV at the loudness target under the ceiling."""
     import soundfile as sf
 
-    with tracked("normalise") as timer:
+    with tracked("normalise") as stage:
         samples, rate = sf.read(raw.path, dtype="float64")
         x, measured = normalise(samples, rate, target_lufs, ceiling_dbtp)
         path = Path(staging) / SOUND_NAME
         write_wav(path, x.astype(np.float32), OUTPUT_RATE)
     return NormalisedSound(
-        path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, seconds=timer.seconds, **measured
+        path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, seconds=stage.seconds, **measured
     )

@@ -211,10 +211,10 @@ def title_cover(
     cover: Generated, staging: str, title: str, author: str, tagline: str | None = None, font: str | None = None
 ) -> TitledCover:
     """Typeset the title onto the cover; the untitled cover stays beside it."""
-    with tracked("title") as timer:
+    with tracked("title") as stage:
         with Image.open(cover.path) as image:
             titled, details = typeset(image, title, author, tagline, font)
         path = Path(staging) / TITLED_NAME
         with atomic_path(path) as tmp:
             titled.save(tmp, format="PNG")
-    return TitledCover(path=str(path), seconds=timer.seconds, **details)
+    return TitledCover(path=str(path), seconds=stage.seconds, **details)

@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-Listener = Callable[[str, str, float | None], None]  # (stage, "running"|"done"|"failed", seconds)
+
+@dataclass
+class Stage:
+    name: str
+    status: str = "running"  # "running" | "done" | "failed"
+    seconds: float = 0.0
+    detail: str = ""  # a short result a person may want to see, e.g. bytes uploaded
+
+
+Listener = Callable[[Stage], None]
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()
@@ -29,28 +38,24 @@ def remove_listener(listener: Listener) -> None:
             _listeners.remove(listener)
 
 
-def _report(stage: str, status: str, seconds: float | None = None) -> None:
+def _report(stage: Stage) -> None:
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
-        listener(stage, status, seconds)
-
-
-@dataclass
-class Timer:
-    seconds: float = 0.0
+        listener(stage)
 
 
 @contextmanager
-def tracked(stage: str) -> Iterator[Timer]:
-    """Time a stage and report its start and end to the listeners."""
-    timer = Timer()
+def tracked(name: str) -> Iterator[Stage]:
+    """Time a stage and report its start and end to the listeners; set `.detail` to say more."""
+    stage = Stage(name)
     start = time.perf_counter()
-    _report(stage, "running")
+    _report(stage)
     try:
-        yield timer
+        yield stage
     except BaseException:
-        _report(stage, "failed", time.perf_counter() - start)
+        stage.status, stage.seconds = "failed", time.perf_counter() - start
+        _report(stage)
         raise
-    timer.seconds = time.perf_counter() - start
-    _report(stage, "done", timer.seconds)
+    stage.status, stage.seconds = "done", time.perf_counter() - start
+    _report(stage)

@@ -32,6 +32,21 @@ class Settings(BaseSettings):
         None, description="Optional transformers text-generation model (hub id or folder) that rewrites prompts."
     )
 
+    # Storage: bundles are always written under `out`; with an s3:// URL here they are uploaded too.
+    # The S3 endpoint, region and credentials come from the standard AWS_* variables.
+    storage: str | None = Field(None, description="s3://bucket/prefix to upload bundles to; local only when unset.")
+    s3_checksums: Literal["sha256", "off"] = Field(
+        "sha256", description="off: send no checksums, for stores that reject boto3's; uploads are then read back."
+    )
+    s3_addressing: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="auto: path-style when a custom endpoint (AWS_ENDPOINT_URL) is set, virtual-host otherwise."
+    )
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="Attempts per request, with backoff, on 5xx/throttling.")
+    s3_connect_timeout: float = Field(5.0, gt=0, le=120)
+    s3_concurrency: int = Field(4, ge=1, le=32, description="Assets uploaded at once (and parts per asset).")
+    s3_part_mb: int = Field(8, ge=5, le=512, description="Multipart threshold and part size, MiB.")
+    presign_expiry: int = Field(3600, ge=1, le=604800, description="Seconds a shared (presigned) link stays valid.")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

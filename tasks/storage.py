@@ -7,6 +7,8 @@ a half-written file that looks finished. The manifest is stored last: a reader t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -58,13 +60,55 @@ def atomic_path(final: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def storage_target(storage: str | None = None) -> str | None:
+    """The upload target: the argument, else GENBUNDLE_STORAGE; None means local only."""
+    return storage if storage is not None else get_settings().storage
+
+
 @task(name="store-bundle")
 def store_bundle(staging: str, asset_names: list[str], bundle: str, out: str | None = None) -> str:
-    """Copy the assets, then the manifest, into `<out>/<bundle>/`; returns the folder's path."""
+    """Copy the assets, then the manifest, into `<out>/<bundle>/`; returns the folder's path.
+
+    A bundle already stored with the very same brief and asset hashes is left as it is, manifest
+    included: the same request is the same bundle, so storing (and uploading) it again changes nothing.
+    """
     target = out_root(out) / bundle
     target.mkdir(parents=True, exist_ok=True)
-    for name in [*asset_names, MANIFEST_NAME]:
-        with atomic_path(target / name) as tmp:
-            shutil.copyfile(Path(staging) / name, tmp)
+    new_manifest = json.loads((Path(staging) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    if not _same_bundle(target / MANIFEST_NAME, new_manifest):
+        for name in [*asset_names, MANIFEST_NAME]:
+            with atomic_path(target / name) as tmp:
+                shutil.copyfile(Path(staging) / name, tmp)
     shutil.rmtree(staging, ignore_errors=True)
     return str(target.resolve())
+
+
+def _same_bundle(stored_manifest: Path, manifest: dict) -> bool:
+    """Whether a stored manifest describes the same brief and byte-identical assets."""
+    if not stored_manifest.is_file():
+        return False
+
+    def identity(m: dict):
+        return m.get("brief"), sorted((a["name"], a["sha256"]) for a in m.get("assets", []))
+
+    stored = json.loads(stored_manifest.read_text(encoding="utf-8"))
+    folder = stored_manifest.parent
+    return identity(stored) == identity(manifest) and all(
+        (folder / a["name"]).is_file() and sha256_file(folder / a["name"]) == a["sha256"] for a in stored["assets"]
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@task(name="upload-bundle", tags=["storage"])
+def upload_bundle(location: str, storage: str):
+    """Upload the stored local bundle to S3-compatible storage, manifest last (see tasks/s3.py)."""
+    from tasks.s3 import parse_s3_url, upload_bundle_dir
+
+    return upload_bundle_dir(Path(location), parse_s3_url(storage))

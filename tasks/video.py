@@ -103,7 +103,7 @@ def video_duration(path: Path) -> float:
 @task(name="mux-sound-onto-video")
 def mux_sound_onto_video(video: Generated, sound: NormalisedSound, staging: str) -> Muxed:
     """Put the engine sound on the clip as AAC, fitted to the clip's length, video stream copied."""
-    with tracked("mux") as timer:
+    with tracked("mux") as stage:
         import soundfile as sf
 
         duration = video_duration(Path(video.path))
@@ -147,7 +147,7 @@ def mux_sound_onto_video(video: Generated, sound: NormalisedSound, staging: str)
                     str(tmp),
                 ]
             )
-    return Muxed(path=str(out), audio_fit=fit, seconds=timer.seconds)
+    return Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds)
 
 
 @task(name="make-poster")

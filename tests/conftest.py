@@ -43,3 +43,43 @@ def tiny_bundle(prefect_api, tmp_path_factory) -> Path:
 @pytest.fixture
 def staging(tmp_path) -> str:
     return str(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real S3 HTTP endpoint on loopback for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}", port
+    server.stop()
+
+
+# Test credentials: moto accepts any; the secret is distinctive so a test can look for leaks.
+TEST_ACCESS_KEY = "AKIATESTGENBUNDLE0001"
+TEST_SECRET_KEY = "genbundle-test-secret-do-not-leak-7f3a9c"
+
+
+@pytest.fixture
+def s3(moto_server, monkeypatch):
+    """Environment pointing boto3 at the loopback endpoint; yields (client, endpoint URL, a fresh bucket)."""
+    import uuid
+
+    import boto3
+
+    from tasks.settings import get_settings
+
+    url, _ = moto_server
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    get_settings.cache_clear()
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    bucket = f"bundles-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=bucket)
+    yield client, url, bucket
+    get_settings.cache_clear()

@@ -52,3 +52,39 @@ def test_a_title_too_long_for_the_cover_is_refused_before_generation(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: title: does not fit a 128x192 cover") and "cover.width" in line
     assert not any(tmp_path.iterdir())
+
+
+def test_run_to_s3_then_verify_ls_and_run_again_sending_nothing(s3, tmp_path):
+    """The storage issue's 'done when', as a person would do it, against the loopback endpoint."""
+    from conftest import TEST_SECRET_KEY
+
+    _, _, bucket = s3
+    target = f"s3://{bucket}/team"
+    args = ("run", "--title", "Night Roads", "--author", "K. Lee", "--out", str(tmp_path), "--storage", target)
+    first = genbundle(*args)
+    assert first.returncode == 0, first.stderr
+    url = first.stdout.strip().splitlines()[-1]
+    assert url.startswith(f"{target}/night-roads-")
+    assert "cover_titled.png\thttp" in first.stdout  # shareable links printed
+    assert "8 uploaded" in first.stderr
+
+    verify = genbundle("verify", url)
+    assert verify.returncode == 0 and verify.stdout.strip().endswith(f"verified: {url}")
+    assert verify.stdout.count("ok ") == 7
+
+    listing = genbundle("ls", target)
+    assert listing.returncode == 0 and "Night Roads" in listing.stdout and url in listing.stdout
+
+    again = genbundle(*args)
+    assert again.returncode == 0, again.stderr
+    assert "0 uploaded (0 bytes sent), 8 already there" in again.stderr
+    for result in (first, verify, listing, again):
+        assert TEST_SECRET_KEY not in result.stdout + result.stderr
+
+
+def test_storage_errors_before_any_generation(s3, tmp_path):
+    result = genbundle("run", "--out", str(tmp_path), "--storage", "s3://no-such-bucket-anywhere/x")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "bucket 'no-such-bucket-anywhere' does not exist" in line
+    assert not any(tmp_path.iterdir())  # nothing generated, nothing written

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.manifest import DISCLOSURE, TINY_NOTE, sha256_file
+from tasks.manifest import DISCLOSURE, TINY_NOTE
+from tasks.storage import sha256_file
 
 EXPECTED = {
     "cover.png",
@@ -78,11 +79,14 @@ def test_same_brief_same_place_same_outputs(tiny_bundle):
     from tasks.brief import parse_brief
 
     before = {n: np.asarray(Image.open(tiny_bundle / n), dtype=float) for n in ("cover.png", "poster.png")}
+    manifest_before = (tiny_bundle / "bundle.json").read_text()
     brief = parse_brief({"title": "The Forest of Glowing Things", "author": "A. N. Author", "tagline": "Light waits"})
     again = Path(asset_bundle(brief, out=str(tiny_bundle.parent)))
     assert again == tiny_bundle
     for name, pixels in before.items():
         assert np.abs(np.asarray(Image.open(again / name), dtype=float) - pixels).max() <= 2.0
+    # Byte-identical assets: the stored bundle, manifest included, is left as it was.
+    assert (again / "bundle.json").read_text() == manifest_before
 
 
 def test_the_summary_artifact_is_published(tiny_bundle):
@@ -99,3 +103,41 @@ def test_the_summary_artifact_is_published(tiny_bundle):
     assert artifacts and artifacts[0].type == "markdown"
     markdown = artifacts[0].data
     assert "car_with_sound.mp4" in markdown and "Placeholder outputs" in markdown
+
+
+def test_bundle_uploaded_to_s3_with_links_and_no_secret(s3, tmp_path):
+    """The flow with an s3:// target: uploaded, verified, linked from the artifact, no secret anywhere."""
+    import anyio
+    from conftest import TEST_SECRET_KEY
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+
+    from flows.bundle import asset_bundle
+    from tasks.brief import parse_brief
+    from tasks.verify import verify_bundle
+
+    client, _, bucket = s3
+    brief = parse_brief({"title": "Mountain Roads", "author": "K. Lee", "seed": 11})
+    state = asset_bundle(brief, out=str(tmp_path), storage=f"s3://{bucket}/bundles", return_state=True)
+    url = state.result()
+    assert url.startswith(f"s3://{bucket}/bundles/mountain-roads-") and verify_bundle(url).ok
+    local = tmp_path / url.rstrip("/").rsplit("/", 1)[1]
+    assert verify_bundle(str(local)).ok  # the local copy stays
+
+    async def read():
+        async with get_client() as api:
+            key = f"bundle-{local.name}"
+            arts = await api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            logs = await api.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            )
+            return arts, logs
+
+    artifacts, logs = anyio.run(read)
+    markdown = artifacts[0].data
+    assert "X-Amz-Signature=" in markdown and "presigned" in markdown  # each asset linked
+    assert "8 uploaded" in markdown
+    everything = markdown + "\n".join(log.message for log in logs) + (local / "bundle.json").read_text()
+    assert logs and TEST_SECRET_KEY not in everything
+    manifest = client.get_object(Bucket=bucket, Key=url.split(bucket + "/", 1)[1] + "bundle.json")["Body"].read()
+    assert TEST_SECRET_KEY.encode() not in manifest and b"X-Amz-Signature" not in manifest

@@ -1,0 +1,77 @@
+"""Re-hash a stored bundle, on local disk or in S3, against its manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.s3 import StorageError, is_s3_url, parse_s3_url, read_manifest, s3_client, storage_errors
+from tasks.storage import MANIFEST_NAME, sha256_file
+
+
+class AssetCheck(BaseModel):
+    name: str
+    status: str  # "ok" | "mismatch" | "missing"
+    expected_sha256: str
+    found_sha256: str | None = None
+    expected_bytes: int
+    found_bytes: int | None = None
+
+
+class BundleCheck(BaseModel):
+    target: str
+    assets: list[AssetCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(a.status == "ok" for a in self.assets)
+
+
+def _check(asset: dict, found: tuple[str, int] | None) -> AssetCheck:
+    check = AssetCheck(
+        name=asset["name"], status="missing", expected_sha256=asset["sha256"], expected_bytes=asset["bytes"]
+    )
+    if found is not None:
+        check.found_sha256, check.found_bytes = found
+        matches = found == (asset["sha256"], asset["bytes"])
+        check.status = "ok" if matches else "mismatch"
+    return check
+
+
+def verify_bundle(target: str) -> BundleCheck:
+    """Hash every asset the manifest lists, reading each back from where it is stored."""
+    if is_s3_url(target):
+        from botocore.exceptions import ClientError
+
+        from tasks.s3 import stored_sha256
+
+        location = parse_s3_url(target)
+        with storage_errors(location):
+            client = s3_client()
+            manifest = read_manifest(client, location)
+            if manifest is None:
+                raise StorageError(f"storage: no {MANIFEST_NAME} at {location.url()}: not a complete bundle")
+
+            def found(name: str):
+                try:
+                    return stored_sha256(client, location.bucket, location.key(name))
+                except ClientError as err:
+                    if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                        return None
+                    raise
+
+            checks = [_check(a, found(a["name"])) for a in manifest["assets"]]
+    else:
+        folder = Path(target)
+        if not (folder / MANIFEST_NAME).is_file():
+            raise StorageError(f"storage: no {MANIFEST_NAME} in {folder}: not a complete bundle")
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+
+        def found(name: str):
+            path = folder / name
+            return (sha256_file(path), path.stat().st_size) if path.is_file() else None
+
+        checks = [_check(a, found(a["name"])) for a in manifest["assets"]]
+    return BundleCheck(target=str(target), assets=checks)
