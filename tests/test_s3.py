@@ -246,3 +246,31 @@ def test_ls_lists_bundles_with_titles(s3, bundle):
     done = listing[_manifest(bundle)["bundle_id"]]
     assert done.title == "The Forest of Glowing Things" and done.assets == 7 and done.created
     assert listing["half-done-123"].title is None
+
+
+def test_client_configuration_follows_the_environment(monkeypatch):
+    from tasks.s3 import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio.local:9000")
+    _setting(monkeypatch, s3_checksums="off")
+    client = s3_client()
+    assert client.meta.endpoint_url == "http://minio.local:9000"
+    assert client.meta.region_name == "eu-central-1"
+    assert client.meta.config.s3["addressing_style"] == "path"  # custom endpoints get path-style
+    assert client.meta.config.request_checksum_calculation == "when_required"
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    _setting(monkeypatch, s3_checksums="sha256", s3_addressing="auto")
+    client = s3_client()
+    assert client.meta.config.s3["addressing_style"] == "virtual"
+    assert client.meta.config.request_checksum_calculation == "when_supported"
+
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(StorageError, match="AWS_PROFILE"):
+        s3_client()
+    get_settings.cache_clear()
