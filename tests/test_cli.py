@@ -88,3 +88,21 @@ def test_storage_errors_before_any_generation(s3, tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "bucket 'no-such-bucket-anywhere' does not exist" in line
     assert not any(tmp_path.iterdir())  # nothing generated, nothing written
+
+
+def test_verify_and_upload_commands_on_a_local_bundle(tiny_bundle, s3, tmp_path):
+    import shutil
+
+    _, _, bucket = s3
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))
+    ok = genbundle("verify", str(bundle))
+    assert ok.returncode == 0 and ok.stdout.count("ok ") == 7
+
+    uploaded = genbundle("upload", str(bundle), f"s3://{bucket}/later")
+    assert uploaded.returncode == 0 and "8 uploaded" in uploaded.stdout
+
+    (bundle / "engine.wav").write_bytes(b"RIFF and nothing else")
+    bad = genbundle("verify", str(bundle))
+    assert bad.returncode == 1
+    assert any(line.startswith("mismatch engine.wav (expected ") for line in bad.stdout.splitlines())
+    assert bad.stdout.strip().endswith(f"FAILED: {bundle}")
