@@ -17,8 +17,9 @@ from tasks.models import ENGINES, check_models_available
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
-from tasks.storage import bundle_id, staging_dir, storage_target, store_bundle, upload_bundle
+from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
+from tasks.workspace import Workspace
 
 
 def _font(brief: Brief) -> str | None:
@@ -40,14 +41,15 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     """Expand the prompts, generate cover, sound and video concurrently, finish them, store the bundle.
 
     The bundle is stored under `out` (default GENBUNDLE_OUT) and, when `storage` (default
-    GENBUNDLE_STORAGE) is an s3:// URL, uploaded there. Returns where it was stored.
+    GENBUNDLE_STORAGE) is an s3:// URL, uploaded there. Steps finished by an earlier run of the
+    same brief are reused from the work area, not made again. Returns where the bundle was stored.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     storage = storage_target(storage)
     preflight(brief, storage)
-    bundle, staging = bundle_id(brief), str(staging_dir(brief, out))
-    logger.info("bundle %s, models %s", bundle, brief.models)
+    workspace = Workspace.for_storage(out, storage)
+    logger.info("bundle %s, models %s", bundle_id(brief), brief.models)
     if brief.models == "tiny":
         logger.warning(TINY_NOTE)
 
@@ -55,42 +57,44 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
         prompts = expand_prompts(brief)
     jobs = {m: resolve_job(brief, prompts, m) for m in ("image", "sound", "video")}
 
-    cover = generate_cover.submit(jobs["image"], staging)
-    sound = generate_sound.submit(jobs["sound"], staging)
-    video = generate_video.submit(jobs["video"], staging)
-
-    titled = title_cover.submit(cover, staging, brief.title, brief.author, brief.tagline, _font(brief))
-    normalised = normalise_sound.submit(sound, staging, brief.sound.loudness, brief.sound.true_peak)
-    muxed = mux_sound_onto_video.submit(video, normalised, staging)
-    poster = make_poster.submit(video, staging)
+    cover = generate_cover.submit(jobs["image"], workspace)
+    sound = generate_sound.submit(jobs["sound"], workspace)
+    video = generate_video.submit(jobs["video"], workspace)
+    titled = title_cover.submit(cover, workspace, brief.title, brief.author, brief.tagline, _font(brief))
+    normalised = normalise_sound.submit(sound, workspace, brief.sound.loudness, brief.sound.true_peak)
+    muxed = mux_sound_onto_video.submit(video, normalised, workspace)
+    poster = make_poster.submit(video, workspace)
 
     generated = {"image": cover.result(), "sound": sound.result(), "video": video.result()}
-    titled, normalised, muxed, poster = titled.result(), normalised.result(), muxed.result(), poster.result()
-
-    timings = {"prompts": prompt_stage.seconds}
-    for name, g in zip(("cover", "sound", "video"), generated.values(), strict=True):
-        timings[f"{name}_load"], timings[name] = g.load_seconds, g.generate_seconds
-    timings |= {"title": titled.seconds, "normalise": normalised.seconds, "mux": muxed.seconds}
-
     assets = {
-        "cover": generated["image"].path,
-        "cover_titled": titled.path,
-        "sound_raw": generated["sound"].path,
-        "sound": normalised.path,
-        "video": generated["video"].path,
-        "video_with_sound": muxed.path,
-        "poster": poster,
+        "cover": generated["image"],
+        "cover_titled": titled.result(),
+        "sound_raw": generated["sound"],
+        "sound": normalised.result(),
+        "video": generated["video"],
+        "video_with_sound": muxed.result(),
+        "poster": poster.result(),
+    }
+    timings = {"prompts": prompt_stage.seconds}
+    for name, g in (("cover", assets["cover"]), ("sound", assets["sound_raw"]), ("video", assets["video"])):
+        timings[f"{name}_load"], timings[name] = g.load_seconds, g.generate_seconds
+    timings |= {
+        "title": assets["cover_titled"].seconds,
+        "normalise": assets["sound"].seconds,
+        "mux": assets["video_with_sound"].seconds,
     }
     notes = {
-        "cover_title": titled.model_dump(exclude={"path", "seconds"}),
-        "sound": normalised.model_dump(exclude={"path", "seconds"}),
-        "mux": {"audio_fit": muxed.audio_fit},
+        "cover_title": assets["cover_titled"].model_dump(exclude={"path", "key", "reused", "seconds"}),
+        "sound": assets["sound"].model_dump(exclude={"path", "key", "reused", "seconds"}),
+        "mux": {"audio_fit": assets["video_with_sound"].audio_fit},
     }
     timings["total_before_store"] = time.perf_counter() - started
+
     with tracked("manifest"):
-        names = write_manifest(bundle, brief, prompts, generated, assets, notes, timings, staging)
+        manifest = write_manifest(bundle_id(brief), brief, prompts, generated, assets, notes, timings)
     with tracked("store"):
-        location = store_bundle(staging, names, bundle, out)
+        files = {a["name"]: assets[a["role"]].path for a in manifest["assets"]}
+        location = store_bundle(manifest, files, out)
     upload = None
     if is_s3_url(storage):
         with tracked("upload") as stage:

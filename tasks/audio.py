@@ -8,17 +8,18 @@ so the target is still met without clipping.
 
 from __future__ import annotations
 
+import sys
 from math import gcd
 from pathlib import Path
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel
 
-from tasks.generation import Generated, Job, run_generation
+from tasks.generation import Generated, Job, generation_step, run_generation
 from tasks.media import MediaError
 from tasks.progress import tracked
 from tasks.storage import atomic_path
+from tasks.workspace import StepResult, Workspace
 
 RAW_NAME = "engine_raw.wav"
 SOUND_NAME = "engine.wav"
@@ -36,9 +37,13 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
 
 
 @task(name="generate-sound", tags=["gpu"])
-def generate_sound(job: Job, staging: str) -> Generated:
-    """Generate the engine sound as a WAV at the vocoder's own rate in the staging folder."""
-    with tracked("sound"):
+def generate_sound(job: Job, workspace: Workspace) -> Generated:
+    """Generate the engine sound as a WAV at the vocoder's own rate in the work area (or find it there)."""
+    step = generation_step(job, workspace, "sound", __name__)
+    with tracked("sound") as stage:
+        if done := step.load(Generated):
+            stage.detail = "reused"
+            return done
 
         def call(pipe, generator):
             audio = pipe(
@@ -52,9 +57,9 @@ def generate_sound(job: Job, staging: str) -> Generated:
             return audio, int(pipe.vocoder.config.sampling_rate)
 
         (audio, rate), engine, load_s, gen_s = run_generation(job, call)
-        path = Path(staging) / RAW_NAME
+        path = step.file(RAW_NAME)
         write_wav(path, np.asarray(audio, dtype=np.float32), rate)
-    return Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s)
+    return step.save(Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s))
 
 
 # --- measurement ----------------------------------------------------------------------------
@@ -132,15 +137,14 @@ def limit_peaks(samples: np.ndarray, rate: int, ceiling_db: float) -> np.ndarray
     return samples * np.minimum(gain, need)
 
 
-class NormalisedSound(BaseModel):
-    path: str
+class NormalisedSound(StepResult):
     sample_rate: int
     duration: float
     loudness_lufs: float
     true_peak_dbtp: float
     gain_db: float
     limited: bool
-    seconds: float
+    seconds: float = 0.0
 
 
 def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, dict]:
@@ -177,16 +181,20 @@ def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: 
 
 @task(name="normalise-sound")
 def normalise_sound(
-    raw: Generated, staging: str, target_lufs: float = -14.0, ceiling_dbtp: float = -1.0
+    raw: StepResult, workspace: Workspace, target_lufs: float = -14.0, ceiling_dbtp: float = -1.0
 ) -> NormalisedSound:
     """Normalise the raw engine sound into a 48 kHz WAV at the loudness target under the ceiling."""
     import soundfile as sf
 
+    inputs = {"raw": raw.key, "target_lufs": target_lufs, "ceiling_dbtp": ceiling_dbtp}
+    step = workspace.step("normalise", inputs, sys.modules[__name__])
     with tracked("normalise") as stage:
+        if done := step.load(NormalisedSound):
+            stage.detail = "reused"
+            return done
         samples, rate = sf.read(raw.path, dtype="float64")
         x, measured = normalise(samples, rate, target_lufs, ceiling_dbtp)
-        path = Path(staging) / SOUND_NAME
+        path = step.file(SOUND_NAME)
         write_wav(path, x.astype(np.float32), OUTPUT_RATE)
-    return NormalisedSound(
-        path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, seconds=stage.seconds, **measured
-    )
+    result = NormalisedSound(path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, **measured)
+    return step.save(result.model_copy(update={"seconds": stage.seconds}))

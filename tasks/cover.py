@@ -9,7 +9,7 @@ darkest) part keeps a WCAG contrast of at least 4.5:1 with the text.
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -17,9 +17,9 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.brief import BriefError
-from tasks.generation import Generated
 from tasks.progress import tracked
 from tasks.storage import atomic_path
+from tasks.workspace import StepResult, Workspace
 
 TITLED_NAME = "cover_titled.png"
 MIN_CONTRAST = 4.5  # WCAG AA for body text
@@ -144,8 +144,7 @@ def scrim_alpha(region: np.ndarray, text_lum: float, scrim_rgb: tuple[int, int, 
     return hi
 
 
-class TitledCover(BaseModel):
-    path: str
+class TitledCover(StepResult):
     band: str
     box: tuple[int, int, int, int]
     text_color: tuple[int, int, int]
@@ -153,7 +152,7 @@ class TitledCover(BaseModel):
     contrast: float  # text against the brightest (or darkest) pixel under it, after the scrim
     title_size: int
     lines: list[str]
-    seconds: float
+    seconds: float = 0.0
 
 
 def typeset(image: Image.Image, title: str, author: str, tagline: str | None = None, font: str | None = None):
@@ -208,13 +207,23 @@ def typeset(image: Image.Image, title: str, author: str, tagline: str | None = N
 
 @task(name="title-cover")
 def title_cover(
-    cover: Generated, staging: str, title: str, author: str, tagline: str | None = None, font: str | None = None
+    cover: StepResult,
+    workspace: Workspace,
+    title: str,
+    author: str,
+    tagline: str | None = None,
+    font: str | None = None,
 ) -> TitledCover:
     """Typeset the title onto the cover; the untitled cover stays beside it."""
+    inputs = {"cover": cover.key, "title": title, "author": author, "tagline": tagline, "font": font}
+    step = workspace.step("title", inputs, sys.modules[__name__])
     with tracked("title") as stage:
+        if done := step.load(TitledCover):
+            stage.detail = "reused"
+            return done
         with Image.open(cover.path) as image:
             titled, details = typeset(image, title, author, tagline, font)
-        path = Path(staging) / TITLED_NAME
+        path = step.file(TITLED_NAME)
         with atomic_path(path) as tmp:
             titled.save(tmp, format="PNG")
-    return TitledCover(path=str(path), seconds=stage.seconds, **details)
+    return step.save(TitledCover(path=str(path), seconds=stage.seconds, **details))

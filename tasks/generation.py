@@ -6,20 +6,27 @@ engine record is what the manifest keeps about how an asset was made.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from pydantic import BaseModel
 
 from tasks.brief import Brief
-from tasks.models import ENGINES, Modality, load_pipeline, runtime, use_scheduler
+from tasks.models import ENGINES, Modality, load_pipeline, runtime, tiny_cache_dir, use_scheduler
 from tasks.prompts import PromptSet
 from tasks.settings import get_settings
+from tasks.workspace import Step, StepResult, Workspace
+
+# Pipeline invocations in this process, per modality: what resuming saves, counted.
+pipeline_calls: Counter[str] = Counter()
 
 
 class Job(BaseModel):
     modality: Modality
     profile: str
+    model: str  # the weights: hub id or folder (full), or the tiny build's version; part of the work key
     prompt: str
     negative_prompt: str
     steps: int
@@ -47,10 +54,9 @@ class Engine(BaseModel):
     device: str
 
 
-class Generated(BaseModel):
-    """A generated file in the staging folder, with how it was made and how long it took."""
+class Generated(StepResult):
+    """A generated file in the work area, with how it was made and how long it took."""
 
-    path: str
     engine: Engine
     load_seconds: float
     generate_seconds: float
@@ -69,9 +75,13 @@ def resolve_job(brief: Brief, prompts: PromptSet, modality: Modality) -> Job:
         value = getattr(spec, name, None)
         return value if value is not None else getattr(defaults, name, None)
 
+    model = (
+        tiny_cache_dir().name if brief.models == "tiny" else getattr(get_settings(), ENGINES[modality].settings_field)
+    )
     return Job(
         modality=modality,
         profile=brief.models,
+        model=model,
         prompt=expanded.prompt,
         negative_prompt=expanded.negative_prompt,
         steps=pick("steps"),
@@ -104,6 +114,7 @@ def run_generation(job: Job, call: Callable[[object, object], object]) -> tuple[
         start = time.perf_counter()
         with torch.inference_mode():
             output = call(loaded.pipe, generator)
+        pipeline_calls[job.modality] += 1
         if rt.device == "cuda":
             torch.cuda.synchronize()
         generate_seconds = time.perf_counter() - start
@@ -123,3 +134,8 @@ def run_generation(job: Job, call: Callable[[object, object], object]) -> tuple[
         device=rt.device,
     )
     return output, engine, load_seconds, generate_seconds
+
+
+def generation_step(job: Job, workspace: Workspace, kind: str, module_name: str) -> Step:
+    """The work-area folder of one generation: keyed by the job and the code that runs it."""
+    return workspace.step(kind, job.model_dump(mode="json"), sys.modules[module_name], sys.modules[__name__])

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 
-from tasks.generation import Generated, Job, run_generation
+from tasks.generation import Generated, Job, generation_step, run_generation
 from tasks.progress import tracked
 from tasks.storage import atomic_path
+from tasks.workspace import Workspace
 
 COVER_NAME = "cover.png"
 
 
 @task(name="generate-cover", tags=["gpu"])
-def generate_cover(job: Job, staging: str) -> Generated:
-    """Generate the cover art as PNG in the staging folder."""
-    with tracked("cover"):
+def generate_cover(job: Job, workspace: Workspace) -> Generated:
+    """Generate the cover art as PNG in the work area (or find it there, made before)."""
+    step = generation_step(job, workspace, "cover", __name__)
+    with tracked("cover") as stage:
+        if done := step.load(Generated):
+            stage.detail = "reused"
+            return done
 
         def call(pipe, generator):
             return pipe(
@@ -31,7 +34,7 @@ def generate_cover(job: Job, staging: str) -> Generated:
             ).images[0]
 
         image, engine, load_s, gen_s = run_generation(job, call)
-        path = Path(staging) / COVER_NAME
+        path = step.file(COVER_NAME)
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
-    return Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s)
+    return step.save(Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s))

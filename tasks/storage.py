@@ -1,4 +1,4 @@
-"""Where bundles live: the bundle id, the staging folder, and the store step.
+"""Where bundles live: the bundle id, atomic writes, and the store step (local disk).
 
 Every file is written under a temporary name and renamed into place, so a crash never leaves
 a half-written file that looks finished. The manifest is stored last: a reader that sees
@@ -37,13 +37,6 @@ def out_root(out: str | Path | None = None) -> Path:
     return Path(out) if out is not None else get_settings().out
 
 
-def staging_dir(brief: Brief, out: str | Path | None = None) -> Path:
-    """The folder a run writes into before storing; stable per bundle, so a re-run finds it."""
-    path = out_root(out) / ".staging" / bundle_id(brief)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds."""
@@ -66,20 +59,21 @@ def storage_target(storage: str | None = None) -> str | None:
 
 
 @task(name="store-bundle")
-def store_bundle(staging: str, asset_names: list[str], bundle: str, out: str | None = None) -> str:
-    """Copy the assets, then the manifest, into `<out>/<bundle>/`; returns the folder's path.
+def store_bundle(manifest: dict, files: dict[str, str], out: str | None = None) -> str:
+    """Write the files (name -> path in the work area), then the manifest, into `<out>/<bundle-id>/`.
 
-    A bundle already stored with the very same brief and asset hashes is left as it is, manifest
-    included: the same request is the same bundle, so storing (and uploading) it again changes nothing.
+    Returns the folder's path. A bundle already stored with the very same brief and asset hashes
+    is left as it is, manifest included: the same request is the same bundle, so storing (and
+    uploading) it again changes nothing.
     """
-    target = out_root(out) / bundle
+    target = out_root(out) / manifest["bundle_id"]
     target.mkdir(parents=True, exist_ok=True)
-    new_manifest = json.loads((Path(staging) / MANIFEST_NAME).read_text(encoding="utf-8"))
-    if not _same_bundle(target / MANIFEST_NAME, new_manifest):
-        for name in [*asset_names, MANIFEST_NAME]:
+    if not _same_bundle(target / MANIFEST_NAME, manifest):
+        for name, source in files.items():
             with atomic_path(target / name) as tmp:
-                shutil.copyfile(Path(staging) / name, tmp)
-    shutil.rmtree(staging, ignore_errors=True)
+                shutil.copyfile(source, tmp)
+        with atomic_path(target / MANIFEST_NAME) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return str(target.resolve())
 
 

@@ -8,17 +8,17 @@ when shorter, so both streams end together without a click.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel
 
-from tasks.audio import NormalisedSound
-from tasks.generation import Generated, Job, run_generation
+from tasks.generation import Generated, Job, generation_step, run_generation
 from tasks.media import MediaError, probe, run_ffmpeg
 from tasks.progress import tracked
 from tasks.storage import atomic_path
+from tasks.workspace import StepResult, Workspace
 
 VIDEO_NAME = "car.mp4"
 MUXED_NAME = "car_with_sound.mp4"
@@ -30,43 +30,24 @@ def encode_h264(frames: np.ndarray, fps: int, path: Path) -> None:
     """Encode RGB frames (F, H, W, 3; floats in 0..1 or uint8) as H.264 yuv420p MP4 with faststart."""
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    count, height, width, _ = frames.shape
+    _, height, width, _ = frames.shape
+    source = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
+    h264 = ["-c:v", "libx264", "-preset", "medium", "-crf", "17", "-pix_fmt", "yuv420p"]
     with atomic_path(path) as tmp:
         run_ffmpeg(
-            [
-                "-f",
-                "rawvideo",
-                "-pix_fmt",
-                "rgb24",
-                "-s",
-                f"{width}x{height}",
-                "-r",
-                str(fps),
-                "-i",
-                "pipe:0",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "medium",
-                "-crf",
-                "17",
-                "-pix_fmt",
-                "yuv420p",
-                "-movflags",
-                "+faststart",
-                "-an",
-                "-f",
-                "mp4",
-                str(tmp),
-            ],
+            [*source, *h264, "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp)],
             input=np.ascontiguousarray(frames).tobytes(),
         )
 
 
 @task(name="generate-video", tags=["gpu"])
-def generate_video(job: Job, staging: str) -> Generated:
-    """Generate the clip and encode it as a silent H.264 MP4 in the staging folder."""
-    with tracked("video"):
+def generate_video(job: Job, workspace: Workspace) -> Generated:
+    """Generate the clip and encode it as a silent H.264 MP4 in the work area (or find it there)."""
+    step = generation_step(job, workspace, "video", __name__)
+    with tracked("video") as stage:
+        if done := step.load(Generated):
+            stage.detail = "reused"
+            return done
 
         def call(pipe, generator):
             return pipe(
@@ -82,15 +63,14 @@ def generate_video(job: Job, staging: str) -> Generated:
             ).frames[0]
 
         frames, engine, load_s, gen_s = run_generation(job, call)
-        path = Path(staging) / VIDEO_NAME
+        path = step.file(VIDEO_NAME)
         encode_h264(np.asarray(frames), job.fps, path)
-    return Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s)
+    return step.save(Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s))
 
 
-class Muxed(BaseModel):
-    path: str
+class Muxed(StepResult):
     audio_fit: str  # how the sound was fitted to the video, in words
-    seconds: float
+    seconds: float = 0.0
 
 
 def video_duration(path: Path) -> float:
@@ -101,77 +81,43 @@ def video_duration(path: Path) -> float:
 
 
 @task(name="mux-sound-onto-video")
-def mux_sound_onto_video(video: Generated, sound: NormalisedSound, staging: str) -> Muxed:
+def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Workspace) -> Muxed:
     """Put the engine sound on the clip as AAC, fitted to the clip's length, video stream copied."""
-    with tracked("mux") as stage:
-        import soundfile as sf
+    import soundfile as sf
 
+    step = workspace.step("mux", {"video": video.key, "sound": sound.key}, sys.modules[__name__])
+    with tracked("mux") as stage:
+        if done := step.load(Muxed):
+            stage.detail = "reused"
+            return done
         duration = video_duration(Path(video.path))
         sound_seconds = sf.info(sound.path).duration
         fade = min(FADE_OUT_S, duration / 4)
-        if sound_seconds >= duration:
-            fit = f"sound trimmed from {sound_seconds:.2f} s to the video's {duration:.2f} s, {fade * 1000:.0f} ms fade-out"
-            loop = []
-        else:
-            fit = f"sound looped from {sound_seconds:.2f} s to the video's {duration:.2f} s, {fade * 1000:.0f} ms fade-out"
-            loop = ["-stream_loop", "-1"]
-        out = Path(staging) / MUXED_NAME
+        how, loop = ("trimmed", []) if sound_seconds >= duration else ("looped", ["-stream_loop", "-1"])
+        fit = f"sound {how} from {sound_seconds:.2f} s to the video's {duration:.2f} s, {fade * 1000:.0f} ms fade-out"
+        fitted = f"atrim=0:{duration:.6f},afade=t=out:st={duration - fade:.6f}:d={fade:.6f}"
+        out = step.file(MUXED_NAME)
         with atomic_path(out) as tmp:
             run_ffmpeg(
-                [
-                    "-i",
-                    video.path,
-                    *loop,
-                    "-i",
-                    sound.path,
-                    "-map",
-                    "0:v:0",
-                    "-map",
-                    "1:a:0",
-                    "-c:v",
-                    "copy",
-                    "-af",
-                    f"atrim=0:{duration:.6f},afade=t=out:st={duration - fade:.6f}:d={fade:.6f}",
-                    "-c:a",
-                    "aac",
-                    "-b:a",
-                    "192k",
-                    "-ar",
-                    "48000",
-                    "-t",
-                    f"{duration:.6f}",
-                    "-movflags",
-                    "+faststart",
-                    "-f",
-                    "mp4",
-                    str(tmp),
-                ]
+                ["-i", video.path, *loop, "-i", sound.path, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
+                + ["-af", fitted, "-c:a", "aac", "-b:a", "192k", "-ar", "48000", "-t", f"{duration:.6f}"]
+                + ["-movflags", "+faststart", "-f", "mp4", str(tmp)]
             )
-    return Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds)
+    return step.save(Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds))
 
 
 @task(name="make-poster")
-def make_poster(video: Generated, staging: str) -> str:
+def make_poster(video: StepResult, workspace: Workspace) -> StepResult:
     """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
-    out = Path(staging) / POSTER_NAME
-    with tracked("poster"), atomic_path(out) as tmp:
-        run_ffmpeg(
-            [
-                "-i",
-                video.path,
-                "-vf",
-                "thumbnail",
-                "-frames:v",
-                "1",
-                "-update",
-                "1",
-                "-c:v",
-                "png",
-                "-f",
-                "image2",
-                str(tmp),
-            ]
-        )
-        if tmp.stat().st_size == 0:
-            raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
-    return str(out)
+    step = workspace.step("poster", {"video": video.key}, sys.modules[__name__])
+    with tracked("poster") as stage:
+        if done := step.load(StepResult):
+            stage.detail = "reused"
+            return done
+        out = step.file(POSTER_NAME)
+        with atomic_path(out) as tmp:
+            args = ["-i", video.path, "-vf", "thumbnail", "-frames:v", "1", "-update", "1", "-c:v", "png"]
+            run_ffmpeg([*args, "-f", "image2", str(tmp)])
+            if tmp.stat().st_size == 0:
+                raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
+    return step.save(StepResult(path=str(out)))

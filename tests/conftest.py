@@ -41,8 +41,11 @@ def tiny_bundle(prefect_api, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def staging(tmp_path) -> str:
-    return str(tmp_path)
+def workspace(tmp_path):
+    """A fresh work area for one test."""
+    from tasks.workspace import Workspace
+
+    return Workspace(root=str(tmp_path / "work"))
 
 
 @pytest.fixture(scope="session")

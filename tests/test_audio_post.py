@@ -1,5 +1,6 @@
 """Loudness normalisation, measured independently with ffmpeg's EBU R128 meter."""
 
+import hashlib
 import re
 
 import numpy as np
@@ -9,6 +10,7 @@ import soundfile as sf
 from tasks.audio import OUTPUT_RATE, normalise_sound
 from tasks.generation import Engine, Generated
 from tasks.media import MediaError, run_ffmpeg
+from tasks.workspace import Workspace
 
 RATE = 16000
 t = np.arange(5 * RATE) / RATE
@@ -33,8 +35,9 @@ def ebur128(path) -> tuple[float, float]:
     return loudness, peak
 
 
-def _raw(tmp_path, samples) -> Generated:
-    path = tmp_path / "raw.wav"
+def _raw(tmp_path, samples, name="raw") -> Generated:
+    """A raw sound as the generation step would hand it on (its key names its content)."""
+    path = tmp_path / f"{name}.wav"
     sf.write(path, samples, RATE, subtype="FLOAT")
     engine = Engine(
         pipeline_class="x",
@@ -49,12 +52,13 @@ def _raw(tmp_path, samples) -> Generated:
         dtype="float32",
         device="cpu",
     )
-    return Generated(path=str(path), engine=engine, load_seconds=0, generate_seconds=0)
+    key = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+    return Generated(path=str(path), key=key, engine=engine, load_seconds=0, generate_seconds=0)
 
 
 @pytest.mark.parametrize("name", sorted(SIGNALS))
-def test_loudness_target_under_the_true_peak_ceiling(tmp_path, name):
-    result = normalise_sound.fn(_raw(tmp_path, SIGNALS[name]), str(tmp_path), -14.0, -1.0)
+def test_loudness_target_under_the_true_peak_ceiling(tmp_path, workspace, name):
+    result = normalise_sound.fn(_raw(tmp_path, SIGNALS[name]), workspace, -14.0, -1.0)
     loudness, peak = ebur128(result.path)
     assert loudness == pytest.approx(-14.0, abs=0.5)
     assert peak <= -1.0
@@ -67,16 +71,17 @@ def test_loudness_target_under_the_true_peak_ceiling(tmp_path, name):
 
 
 def test_the_limiter_is_used_only_when_needed(tmp_path):
-    assert normalise_sound.fn(_raw(tmp_path, SIGNALS["spiky"]), str(tmp_path)).limited
-    assert not normalise_sound.fn(_raw(tmp_path, SIGNALS["loud_sine"]), str(tmp_path)).limited
+    spiky, sine = _raw(tmp_path, SIGNALS["spiky"], "spiky"), _raw(tmp_path, SIGNALS["loud_sine"], "sine")
+    assert normalise_sound.fn(spiky, Workspace(root=str(tmp_path / "w"))).limited
+    assert not normalise_sound.fn(sine, Workspace(root=str(tmp_path / "w"))).limited
 
 
-def test_other_targets(tmp_path):
-    result = normalise_sound.fn(_raw(tmp_path, SIGNALS["noise"]), str(tmp_path), -23.0, -2.0)
+def test_other_targets(tmp_path, workspace):
+    result = normalise_sound.fn(_raw(tmp_path, SIGNALS["noise"]), workspace, -23.0, -2.0)
     loudness, peak = ebur128(result.path)
     assert loudness == pytest.approx(-23.0, abs=0.5) and peak <= -2.0
 
 
-def test_silence_is_refused(tmp_path):
+def test_silence_is_refused(tmp_path, workspace):
     with pytest.raises(MediaError, match="silent"):
-        normalise_sound.fn(_raw(tmp_path, np.zeros(len(t))), str(tmp_path))
+        normalise_sound.fn(_raw(tmp_path, np.zeros(len(t))), workspace)

@@ -12,6 +12,7 @@ from tasks.image import generate_cover
 from tasks.media import probe
 from tasks.prompts import expand_prompts
 from tasks.video import generate_video
+from tasks.workspace import Workspace
 
 
 def _job(modality, **brief):
@@ -23,9 +24,9 @@ def _pixels(path):
     return np.asarray(Image.open(path), dtype=np.float64)
 
 
-def test_cover(tmp_path):
+def test_cover(workspace):
     job = _job("image", cover={"width": 64, "height": 96})
-    result = generate_cover.fn(job, str(tmp_path))
+    result = generate_cover.fn(job, workspace)
     with Image.open(result.path) as im:
         assert im.size == (64, 96) and im.format == "PNG"
     assert result.engine.pipeline_class == "StableDiffusionPipeline"
@@ -33,23 +34,23 @@ def test_cover(tmp_path):
 
 
 def test_cover_is_deterministic_per_seed(tmp_path):
-    a = _pixels(generate_cover.fn(_job("image", seed=7), str(tmp_path / "a")).path)
-    b = _pixels(generate_cover.fn(_job("image", seed=7), str(tmp_path / "b")).path)
-    c = _pixels(generate_cover.fn(_job("image", seed=8), str(tmp_path / "c")).path)
+    a = _pixels(generate_cover.fn(_job("image", seed=7), Workspace(root=str(tmp_path / "a"))).path)
+    b = _pixels(generate_cover.fn(_job("image", seed=7), Workspace(root=str(tmp_path / "b"))).path)
+    c = _pixels(generate_cover.fn(_job("image", seed=8), Workspace(root=str(tmp_path / "c"))).path)
     assert np.abs(a - b).max() <= 1.0  # same seed: same image, up to a rounding step
     assert np.abs(a - c).mean() > 5.0  # another seed: another image
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "lms", "euler", "pndm"])
-def test_cover_under_each_scheduler(tmp_path, scheduler):
-    result = generate_cover.fn(_job("image", cover={"scheduler": scheduler}), str(tmp_path))
+def test_cover_under_each_scheduler(workspace, scheduler):
+    result = generate_cover.fn(_job("image", cover={"scheduler": scheduler}), workspace)
     assert result.engine.scheduler == scheduler
     assert _pixels(result.path).std() > 1.0
 
 
 def test_sound_length_and_determinism(tmp_path):
-    a = generate_sound.fn(_job("sound", sound={"duration": 2.0}), str(tmp_path / "a"))
-    b = generate_sound.fn(_job("sound", sound={"duration": 2.0}), str(tmp_path / "b"))
+    a = generate_sound.fn(_job("sound", sound={"duration": 2.0}), Workspace(root=str(tmp_path / "a")))
+    b = generate_sound.fn(_job("sound", sound={"duration": 2.0}), Workspace(root=str(tmp_path / "b")))
     x, rate = sf.read(a.path)
     y, _ = sf.read(b.path)
     assert rate == 16000 and len(x) == 32000
@@ -57,8 +58,8 @@ def test_sound_length_and_determinism(tmp_path):
     np.testing.assert_allclose(x, y, atol=1e-4)
 
 
-def test_video(tmp_path):
-    result = generate_video.fn(_job("video", video={"frames": 6, "fps": 6}), str(tmp_path))
+def test_video(workspace):
+    result = generate_video.fn(_job("video", video={"frames": 6, "fps": 6}), workspace)
     (stream,) = probe(result.path)
     assert (stream.kind, stream.codec, stream.pix_fmt) == ("video", "h264", "yuv420p")
     assert (stream.width, stream.height, stream.frames) == (64, 32, 6)

@@ -7,10 +7,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tasks.audio import NormalisedSound
 from tasks.generation import Engine, Generated
 from tasks.media import probe
 from tasks.video import encode_h264, make_poster, mux_sound_onto_video
+from tasks.workspace import StepResult
 
 ENGINE = Engine(
     pipeline_class="x",
@@ -33,24 +33,15 @@ def _video(tmp_path, frames=24, fps=8) -> Generated:
     clip = np.clip(clip + 0.05 * rng.standard_normal(clip.shape), 0, 1)
     path = tmp_path / "car.mp4"
     encode_h264(clip, fps, path)
-    return Generated(path=str(path), engine=ENGINE, load_seconds=0, generate_seconds=0)
+    return Generated(path=str(path), key=f"video-{frames}-{fps}", engine=ENGINE, load_seconds=0, generate_seconds=0)
 
 
-def _sound(tmp_path, seconds) -> NormalisedSound:
+def _sound(tmp_path, seconds) -> StepResult:
     rate = 48000
     x = 0.3 * np.sin(2 * np.pi * 80 * np.arange(int(seconds * rate)) / rate)
     path = tmp_path / "engine.wav"
     sf.write(path, x, rate, subtype="PCM_24")
-    return NormalisedSound(
-        path=str(path),
-        sample_rate=rate,
-        duration=seconds,
-        loudness_lufs=-14,
-        true_peak_dbtp=-1,
-        gain_db=0,
-        limited=False,
-        seconds=0,
-    )
+    return StepResult(path=str(path), key=f"sound-{seconds}")
 
 
 def _top_level_boxes(path) -> list[str]:
@@ -73,9 +64,9 @@ def test_encoded_video_is_h264_yuv420p_with_faststart(tmp_path):
 
 
 @pytest.mark.parametrize("sound_seconds, fit", [(5.0, "trimmed"), (1.3, "looped")])
-def test_mux_has_one_h264_and_one_aac_stream_ending_together(tmp_path, sound_seconds, fit):
+def test_mux_has_one_h264_and_one_aac_stream_ending_together(tmp_path, workspace, sound_seconds, fit):
     video = _video(tmp_path)  # 3.0 s
-    muxed = mux_sound_onto_video.fn(video, _sound(tmp_path, sound_seconds), str(tmp_path))
+    muxed = mux_sound_onto_video.fn(video, _sound(tmp_path, sound_seconds), workspace)
     streams = probe(muxed.path)
     assert sorted((s.kind, s.codec) for s in streams) == [("audio", "aac"), ("video", "h264")]
     v = next(s for s in streams if s.kind == "video")
@@ -88,17 +79,17 @@ def test_mux_has_one_h264_and_one_aac_stream_ending_together(tmp_path, sound_sec
     assert Path(video.path).read_bytes()[:4]  # the silent clip is still there beside it
 
 
-def test_no_click_at_the_end(tmp_path):
+def test_no_click_at_the_end(tmp_path, workspace):
     import av
 
-    muxed = mux_sound_onto_video.fn(_video(tmp_path), _sound(tmp_path, 5.0), str(tmp_path))
+    muxed = mux_sound_onto_video.fn(_video(tmp_path), _sound(tmp_path, 5.0), workspace)
     with av.open(muxed.path) as container:
         samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     tail, body = np.abs(samples[-480:]).max(), np.abs(samples[: len(samples) // 2]).max()
     assert body > 0.2 and tail < 0.1 * body  # the last 10 ms are faded out, not cut mid-wave
 
 
-def test_poster_frame(tmp_path):
-    poster = make_poster.fn(_video(tmp_path), str(tmp_path))
-    with Image.open(poster) as im:
+def test_poster_frame(tmp_path, workspace):
+    poster = make_poster.fn(_video(tmp_path), workspace)
+    with Image.open(poster.path) as im:
         assert im.size == (64, 40) and im.format == "PNG"

@@ -1,0 +1,137 @@
+"""The work area: content-addressed folders where each step's outputs live until stored.
+
+Every generation and post-processing step writes into a folder named by a hash of what shapes
+its output: its inputs (the job, engine settings and model included) and the source of the
+module that makes it. A step whose folder already holds its `result.json` returns that result
+instead of running again, so a failed or killed run, re-run with the same brief, pays only for
+what had not finished, and changing a prompt, seed or model redoes only what depends on it.
+
+The result file is written last (like a bundle's manifest), so a folder without one is an
+unfinished step and is simply redone. With an s3:// storage target, finished folders are
+mirrored to `<prefix>/.work/` and looked up there too, so steps run by workers on other
+machines share their outputs through the store, never through Prefect task results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from tasks.storage import atomic_path, out_root
+
+RESULT_NAME = "result.json"
+WORK_DIR = ".work"
+
+
+class StepResult(BaseModel):
+    """What every step returns: its output file and the key of the folder it lives in."""
+
+    path: str
+    key: str = ""
+    reused: bool = False  # True when found finished in the work area instead of made now
+
+
+R = TypeVar("R", bound=StepResult)
+
+
+@lru_cache(maxsize=64)
+def _source_hash(module: ModuleType) -> str:
+    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()
+
+
+def step_key(kind: str, inputs: dict, code: tuple[ModuleType, ...]) -> str:
+    """Hash of the step kind, its inputs and the source of the modules that do it."""
+    sources = [_source_hash(m) for m in code]
+    canonical = json.dumps({"kind": kind, "inputs": inputs, "code": sources}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+class Workspace(BaseModel):
+    """Where step folders live: a local root, mirrored to an s3:// prefix when one is given."""
+
+    root: str
+    remote: str | None = None  # s3://bucket/prefix/.work
+
+    @classmethod
+    def for_storage(cls, out: str | None, storage: str | None) -> Workspace:
+        from tasks.s3 import is_s3_url
+
+        remote = f"{storage.rstrip('/')}/{WORK_DIR}" if is_s3_url(storage) else None
+        return cls(root=str((out_root(out) / WORK_DIR).resolve()), remote=remote)
+
+    def step(self, kind: str, inputs: dict, *code: ModuleType) -> Step:
+        """The folder of one step; `code` are the modules whose source shapes its output."""
+        return Step(self, kind, step_key(kind, inputs, code))
+
+
+class Step:
+    """One step's folder: look for a finished result, or make files and save the result."""
+
+    def __init__(self, workspace: Workspace, kind: str, key: str):
+        self.workspace, self.kind, self.key = workspace, kind, key
+        self.folder = Path(workspace.root) / kind / key
+
+    def file(self, name: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / name
+
+    def load(self, model: type[R]) -> R | None:
+        """The finished result, from the local folder or else the remote mirror; None if unfinished."""
+        local = self.folder / RESULT_NAME
+        if not local.is_file() and self.workspace.remote:
+            self._download()
+        if not local.is_file():
+            return None
+        result = model.model_validate_json(local.read_text(encoding="utf-8"))
+        path = self.folder / Path(result.path).name  # re-rooted: the folder may come from another machine
+        if not path.is_file():
+            return None
+        return result.model_copy(update={"path": str(path), "reused": True})
+
+    def save(self, result: R) -> R:
+        """Record a finished step (result file last) and mirror it when there is a remote."""
+        result = result.model_copy(update={"key": self.key, "reused": False})
+        with atomic_path(self.folder / RESULT_NAME) as tmp:
+            tmp.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        if self.workspace.remote:
+            self._upload()
+        return result
+
+    # --- the s3 mirror ---------------------------------------------------------------------
+
+    def _remote_prefix(self):
+        from tasks.s3 import parse_s3_url
+
+        return parse_s3_url(self.workspace.remote).child(self.kind).child(self.key)
+
+    def _upload(self) -> None:
+        from tasks.s3 import s3_client, storage_errors
+
+        location = self._remote_prefix()
+        files = sorted(p for p in self.folder.iterdir() if p.is_file() and p.name != RESULT_NAME)
+        with storage_errors(location):
+            client = s3_client()
+            for path in [*files, self.folder / RESULT_NAME]:  # the result file last
+                client.upload_file(str(path), location.bucket, location.key(path.name))
+
+    def _download(self) -> None:
+        from tasks.s3 import s3_client, storage_errors
+
+        location = self._remote_prefix()
+        with storage_errors(location):
+            client = s3_client()
+            listing = client.list_objects_v2(Bucket=location.bucket, Prefix=location.key() + "/")
+            names = [o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])]
+            if RESULT_NAME not in names:
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for name in [n for n in names if n != RESULT_NAME] + [RESULT_NAME]:
+                with atomic_path(self.folder / name) as tmp:
+                    client.download_file(location.bucket, location.key(name), str(tmp))

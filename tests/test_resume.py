@@ -1,0 +1,84 @@
+"""Resume, not regenerate: a re-run reuses every finished step; a change redoes only what depends on it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.bundle import asset_bundle
+from tasks import generation, video
+from tasks.brief import parse_brief
+
+BRIEF = {"title": "Resume Me", "author": "R. Tester", "seed": 21}
+
+
+def _run(out: Path, **changes) -> tuple[dict, dict]:
+    """Run the flow; returns (the manifest's step record, pipeline calls made by this run)."""
+    before = generation.pipeline_calls.copy()
+    location = Path(asset_bundle(parse_brief(BRIEF | changes), out=str(out)))
+    calls = generation.pipeline_calls - before
+    return json.loads((location / "bundle.json").read_text())["steps"], dict(calls)
+
+
+def test_a_failed_run_resumes_without_regenerating(prefect_api, tmp_path, monkeypatch):
+    real_ffmpeg = video.run_ffmpeg
+
+    def broken_mux(args, **kwargs):
+        if "aac" in args:
+            raise RuntimeError("injected: the mux died")
+        return real_ffmpeg(args, **kwargs)
+
+    monkeypatch.setattr(video, "run_ffmpeg", broken_mux)
+    before = generation.pipeline_calls.copy()
+    with pytest.raises(RuntimeError, match="the mux died"):
+        asset_bundle(parse_brief(BRIEF), out=str(tmp_path))
+    assert dict(generation.pipeline_calls - before) == {"image": 1, "sound": 1, "video": 1}
+    assert not (tmp_path / "resume-me").exists() and not list(tmp_path.glob("resume-me-*"))  # nothing stored
+
+    monkeypatch.setattr(video, "run_ffmpeg", real_ffmpeg)
+    steps, calls = _run(tmp_path)
+    assert calls == {}  # no pipeline ran again
+    assert steps == {
+        "cover": "reused", "cover_titled": "reused", "sound_raw": "reused", "sound": "reused",
+        "video": "reused", "video_with_sound": "made", "poster": "reused",
+    }  # fmt: skip
+
+
+def test_a_change_redoes_only_what_depends_on_it(prefect_api, tmp_path):
+    _run(tmp_path)
+    steps, calls = _run(tmp_path, video={"prompt": "A red car on a coast road at dusk"})
+    assert calls == {"video": 1}
+    assert [r for r, s in steps.items() if s == "made"] == ["video", "video_with_sound", "poster"]
+
+    steps, calls = _run(tmp_path, title="Resume Me Again")
+    assert calls == {} and [r for r, s in steps.items() if s == "made"] == ["cover_titled"]
+
+    steps, calls = _run(tmp_path, seed=22)
+    assert calls == {"image": 1, "sound": 1, "video": 1} and set(steps.values()) == {"made"}
+
+
+def test_a_killed_run_resumes_without_regenerating(tmp_path):
+    """SIGKILL the command line once the generations are done; the next run makes none of them again."""
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    args = [sys.executable, "-m", "flows.cli", "run", "--title", "Killed Midway", "--out", str(tmp_path)]
+    run = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / ".work"
+    deadline = time.time() + 300
+    while time.time() < deadline and run.poll() is None:
+        if all(list(work.glob(f"{kind}/*/result.json")) for kind in ("cover", "sound", "video")):
+            run.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not list(tmp_path.glob("killed-midway-*/bundle.json"))
+
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads((Path(again.stdout.strip().splitlines()[-1]) / "bundle.json").read_text())
+    assert {manifest["steps"][role] for role in ("cover", "sound_raw", "video")} == {"reused"}
