@@ -6,6 +6,7 @@ import time
 
 from prefect import flow, get_run_logger
 
+from flows.generate import dispatch_generations
 from tasks.artifacts import publish_summary
 from tasks.audio import generate_sound, normalise_sound
 from tasks.brief import Brief
@@ -20,6 +21,11 @@ from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
 from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
 from tasks.workspace import Workspace
+
+
+def _result(value):
+    """A future's result, or the value itself when it was made elsewhere (dispatched)."""
+    return value.result() if hasattr(value, "result") else value
 
 
 def _font(brief: Brief) -> str | None:
@@ -37,12 +43,14 @@ def preflight(brief: Brief, storage: str | None = None) -> None:
 
 
 @flow(name="asset-bundle", flow_run_name="{brief.title}")
-def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = None) -> str:
+def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = None, dispatch: bool = False) -> str:
     """Expand the prompts, generate cover, sound and video concurrently, finish them, store the bundle.
 
     The bundle is stored under `out` (default GENBUNDLE_OUT) and, when `storage` (default
-    GENBUNDLE_STORAGE) is an s3:// URL, uploaded there. Steps finished by an earlier run of the
-    same brief are reused from the work area, not made again. Returns where the bundle was stored.
+    GENBUNDLE_STORAGE) is an s3:// URL, uploaded there. With `dispatch`, the three generations
+    run as their own deployments on the GPU work pools instead of in this process. Steps finished
+    by an earlier run of the same brief are reused from the work area, not made again.
+    Returns where the bundle was stored.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -57,15 +65,19 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
         prompts = expand_prompts(brief)
     jobs = {m: resolve_job(brief, prompts, m) for m in ("image", "sound", "video")}
 
-    cover = generate_cover.submit(jobs["image"], workspace)
-    sound = generate_sound.submit(jobs["sound"], workspace)
-    video = generate_video.submit(jobs["video"], workspace)
+    if dispatch:
+        made = dispatch_generations({m: [job] for m, job in jobs.items()}, workspace)
+        cover, sound, video = made["image"][0], made["sound"][0], made["video"][0]
+    else:
+        cover = generate_cover.submit(jobs["image"], workspace)
+        sound = generate_sound.submit(jobs["sound"], workspace)
+        video = generate_video.submit(jobs["video"], workspace)
     titled = title_cover.submit(cover, workspace, brief.title, brief.author, brief.tagline, _font(brief))
     normalised = normalise_sound.submit(sound, workspace, brief.sound.loudness, brief.sound.true_peak)
     muxed = mux_sound_onto_video.submit(video, normalised, workspace)
     poster = make_poster.submit(video, workspace)
 
-    generated = {"image": cover.result(), "sound": sound.result(), "video": video.result()}
+    generated = {"image": _result(cover), "sound": _result(sound), "video": _result(video)}
     assets = {
         "cover": generated["image"],
         "cover_titled": titled.result(),

@@ -211,6 +211,54 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.batch import asset_bundle_batch
+
+    out = str(args.out) if args.out else None
+    state = asset_bundle_batch(
+        str(args.briefs), out=out, storage=args.storage, max_concurrency=args.max_concurrency,
+        dispatch=args.dispatch, return_state=True,
+    )  # fmt: skip
+    report = state.result(raise_on_failure=False)
+    if not isinstance(report, list):  # the batch itself could not start (e.g. no such file)
+        print(f"error: {state.message}", file=sys.stderr)
+        return 1
+    for row in report:
+        print(f"{row['status']:8} {row['brief']}  {row['detail']}")
+    print(state.message)
+    return 0 if state.is_completed() else 1
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.operate import deploy
+
+    try:
+        deploy(args.pool_type, args.gpu_slots)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        brief = parse_brief(load_brief_file(Path(args.brief)))
+    except BriefError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from flows.operate import BRIEF_EVENT, submit
+
+    try:
+        event_id = submit(brief)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{BRIEF_EVENT} {event_id}: {brief.title}")
+    return 0
+
+
 def cmd_models_pull(args: argparse.Namespace) -> int:
     from tasks.models import pull_models
 
@@ -241,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
     run.add_argument("--storage", help="also upload to s3://bucket/prefix (default GENBUNDLE_STORAGE)")
     run.set_defaults(func=cmd_run)
+
+    batch = sub.add_parser("batch", help="one bundle per brief in a JSON Lines or CSV file")
+    batch.add_argument("briefs", type=Path)
+    batch.add_argument("--max-concurrency", type=int, default=2)
+    batch.add_argument("--dispatch", action="store_true", help="generate on the GPU work pools (needs workers)")
+    batch.add_argument("--out", type=Path)
+    batch.add_argument("--storage")
+    batch.set_defaults(func=cmd_batch)
+
+    deploy = sub.add_parser("deploy", help="create the work pools, the gpu limit and the deployments on the server")
+    deploy.add_argument("--pool-type", choices=["process", "docker", "kubernetes"], default="process")
+    deploy.add_argument("--gpu-slots", type=int, default=1, help="generation tasks allowed at once (per GPU)")
+    deploy.set_defaults(func=cmd_deploy)
+
+    submit = sub.add_parser("submit", help="submit a brief to the server: the on-brief deployment makes it")
+    submit.add_argument("brief", help="brief file (.yaml, .yml or .json)")
+    submit.set_defaults(func=cmd_submit)
 
     verify = sub.add_parser("verify", help="re-hash a stored bundle against its manifest")
     verify.add_argument("target", help="a bundle folder, or s3://bucket/prefix/<bundle-id>")

@@ -152,3 +152,49 @@ def load_brief_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise BriefError(f"brief file {path} must hold a mapping of fields (title, author, ...)")
     return data
+
+
+def load_briefs_file(path: Path) -> list[tuple[str, Brief | BriefError]]:
+    """Read many briefs: JSON Lines (one object per line) or CSV (one row each, dotted headers
+    such as `cover.prompt` for nested fields). Returns (label, brief or its error) per entry, so
+    one bad entry does not stop the others.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BriefError(f"briefs file {path} does not exist")
+    entries: list[tuple[str, dict | BriefError]] = []
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row_no, row in enumerate(csv.DictReader(fh), start=2):  # row 1 holds the headers
+                data: dict = {}
+                for header, cell in row.items():
+                    if header and cell not in (None, ""):
+                        *parents, leaf = header.strip().split(".")
+                        node = data
+                        for key in parents:
+                            node = node.setdefault(key, {})
+                        node[leaf] = yaml.safe_load(cell)  # "512" -> 512, text stays text
+                entries.append((f"{path.name}:{row_no}", data))
+    else:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                entries.append(
+                    (f"{path.name}:{line_no}", data if isinstance(data, dict) else BriefError("not an object"))
+                )
+            except json.JSONDecodeError as err:
+                entries.append((f"{path.name}:{line_no}", BriefError(f"not valid JSON: {err}")))
+    parsed: list[tuple[str, Brief | BriefError]] = []
+    for label, data in entries:
+        if isinstance(data, BriefError):
+            parsed.append((label, data))
+            continue
+        try:
+            parsed.append((label, parse_brief(data)))
+        except BriefError as err:
+            parsed.append((label, err))
+    return parsed

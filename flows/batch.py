@@ -1,0 +1,99 @@
+"""The batch flow: a file of briefs in, one bundle each, with a report of what failed and why."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed
+
+from flows.bundle import asset_bundle, preflight
+from flows.generate import dispatch_generations
+from tasks.brief import Brief, BriefError, load_briefs_file
+from tasks.generation import resolve_job
+from tasks.prompts import expand_prompts
+from tasks.storage import storage_target
+from tasks.workspace import Workspace
+
+
+@flow(name="asset-bundle-batch")
+def asset_bundle_batch(
+    briefs_file: str,
+    out: str | None = None,
+    storage: str | None = None,
+    max_concurrency: int = 2,
+    dispatch: bool = False,
+):
+    """Make one bundle per brief in a JSON Lines or CSV file, at most `max_concurrency` at a time.
+
+    Bad briefs and failed bundles are reported (table artifact, return value) without stopping the
+    others; the run ends Failed when any did. With `dispatch`, each modality's generations for
+    all briefs go to its GPU work pool as one run, so one model load serves the whole batch.
+    """
+    logger = get_run_logger()
+    storage = storage_target(storage)
+    entries = load_briefs_file(Path(briefs_file))
+    rows: dict[str, dict] = {
+        label: {"brief": label, "status": "invalid", "detail": str(b)}
+        for label, b in entries
+        if isinstance(b, BriefError)
+    }
+    briefs = {label: b for label, b in entries if isinstance(b, Brief)}
+
+    if dispatch and briefs:
+        _pregenerate(briefs, out, storage, rows)
+
+    def make(label: str, brief: Brief) -> dict:
+        started = time.perf_counter()
+        try:
+            location = asset_bundle(brief, out=out, storage=storage)
+            status, detail = "done", location
+        except Exception as err:  # one brief's failure is reported, the others go on
+            status, detail = "failed", f"{type(err).__name__}: {err}"
+        return {
+            "brief": label,
+            "title": brief.title,
+            "status": status,
+            "detail": detail,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+
+    todo = {label: b for label, b in briefs.items() if label not in rows}
+    with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
+        # Each thread carries the flow's context, so every bundle shows up as this run's subflow.
+        futures = {label: pool.submit(contextvars.copy_context().run, make, label, b) for label, b in todo.items()}
+        for label, future in futures.items():
+            rows[label] = future.result()
+
+    report = [rows[label] for label, _ in entries]
+    create_table_artifact(
+        key="batch-report", table=report, description=f"Batch of {len(report)} briefs from {Path(briefs_file).name}"
+    )
+    failed = [r for r in report if r["status"] != "done"]
+    summary = f"{len(report) - len(failed)} of {len(report)} bundles made"
+    if failed:
+        logger.warning("%s; not made: %s", summary, "; ".join(f"{r['brief']}: {r['detail']}" for r in failed))
+        return Failed(message=f"{summary}; {len(failed)} failed (see the batch-report artifact)", data=report)
+    logger.info(summary)
+    return Completed(message=summary, data=report)
+
+
+def _pregenerate(briefs: dict[str, Brief], out: str | None, storage: str | None, rows: dict[str, dict]) -> None:
+    """Dispatch every brief's generations at once, one run per modality; bad briefs are marked."""
+    workspace = Workspace.for_storage(out, storage)
+    jobs: dict[str, list] = {"image": [], "sound": [], "video": []}
+    for label, brief in briefs.items():
+        try:
+            preflight(brief, storage)
+        except Exception as err:
+            rows[label] = {"brief": label, "title": brief.title, "status": "failed", "detail": str(err)}
+            continue
+        prompts = expand_prompts(brief)
+        for modality in jobs:
+            jobs[modality].append(resolve_job(brief, prompts, modality))
+    if any(jobs.values()):
+        dispatch_generations(jobs, workspace)

@@ -1,0 +1,42 @@
+"""The batch flow: many briefs, bounded concurrency, failures reported without losing the others."""
+
+import json
+
+import pytest
+
+from flows.batch import asset_bundle_batch
+from tasks.brief import load_briefs_file
+
+
+def test_briefs_from_csv_with_dotted_headers(tmp_path):
+    path = tmp_path / "briefs.csv"
+    path.write_text("title,author,seed,cover.width,sound.prompt\nA,B,3,512,a diesel idling\nC,,1,,\n")
+    (label_ok, ok), (label_bad, bad) = load_briefs_file(path)
+    assert (ok.title, ok.seed, ok.cover.width, ok.sound.prompt) == ("A", 3, 512, "a diesel idling")
+    assert label_bad == "briefs.csv:3" and "author: is required" in str(bad)
+
+
+def test_batch_reports_failures_and_makes_the_rest(prefect_api, tmp_path):
+    briefs = tmp_path / "briefs.jsonl"
+    lines = [
+        {"title": "Batch One", "author": "A"},
+        {"title": "Batch Two", "author": "B", "seed": 2},
+        {"title": "Pneumonoultramicroscopicsilicovolcanoconiosis" * 2, "author": "C"},  # cannot fit the cover
+        {"title": "Bad", "author": "D", "cover": {"width": 100}},  # invalid
+    ]
+    briefs.write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+    state = asset_bundle_batch(str(briefs), out=str(tmp_path / "out"), max_concurrency=2, return_state=True)
+    assert state.is_failed() and "2 of 5 bundles made" in state.message
+    report = state.result(raise_on_failure=False)
+    status = [r["status"] for r in report]
+    assert status == ["done", "done", "failed", "invalid", "invalid"]
+    assert "title: does not fit" in report[2]["detail"]
+    assert "cover.width: must be a multiple of 8" in report[3]["detail"]
+    assert "not valid JSON" in report[4]["detail"]
+    for row in report[:2]:
+        assert (tmp_path / "out" / row["detail"].rsplit("/", 1)[1] / "bundle.json").is_file()
+
+
+def test_missing_briefs_file(prefect_api, tmp_path):
+    with pytest.raises(Exception, match="does not exist"):
+        asset_bundle_batch(str(tmp_path / "nope.jsonl"))
