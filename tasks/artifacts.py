@@ -41,6 +41,9 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
         "",
     ]
     if upload:
+        cover = upload.links.get("cover_titled.png")
+        if cover:
+            lines += [f"![{brief['title']}, titled cover]({cover})", ""]
         lines += [
             f"Links below are presigned and expire after {upload.expires_in // 60} minutes. {upload.summary()}.",
             "",

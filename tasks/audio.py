@@ -45,7 +45,7 @@ def generate_sound(job: Job, workspace: Workspace) -> Generated:
             stage.detail = "reused"
             return done
 
-        def call(pipe, generator):
+        def call(pipe, generator, on_step):
             audio = pipe(
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
@@ -53,6 +53,8 @@ def generate_sound(job: Job, workspace: Workspace) -> Generated:
                 num_inference_steps=job.steps,
                 guidance_scale=job.guidance,
                 generator=generator,
+                callback=lambda i, t, latents: on_step(i),
+                callback_steps=1,
             ).audios[0]
             return audio, int(pipe.vocoder.config.sampling_rate)
 

@@ -96,10 +96,31 @@ def resolve_job(brief: Brief, prompts: PromptSet, modality: Modality) -> Job:
     )
 
 
-def run_generation(job: Job, call: Callable[[object, object], object]) -> tuple[object, Engine, float, float]:
-    """Load (or reuse) the job's pipeline and run `call(pipe, generator)` under its lock.
+def step_progress(job: Job) -> Callable[[int], None]:
+    """A per-denoising-step callback that feeds a Prefect progress artifact (inside a task run)."""
+    from prefect.context import TaskRunContext
 
-    Returns (output, engine record, load seconds, generation seconds).
+    if TaskRunContext.get() is None:
+        return lambda step: None
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact_id = create_progress_artifact(progress=0.0, description=f"{job.modality}: {job.steps} denoising steps")
+    shown = [0.0]
+
+    def on_step(step: int) -> None:
+        percent = 100.0 * (step + 1) / job.steps
+        if percent - shown[0] >= 10 or step + 1 >= job.steps:  # about ten API calls per generation
+            update_progress_artifact(artifact_id, progress=min(percent, 100.0))
+            shown[0] = percent
+
+    return on_step
+
+
+def run_generation(job: Job, call: Callable[[object, object, Callable[[int], None]], object]):
+    """Load (or reuse) the job's pipeline and run `call(pipe, generator, on_step)` under its lock.
+
+    `on_step(i)` is to be called after denoising step i. Returns (output, engine record, load
+    seconds, generation seconds).
     """
     import torch
 
@@ -107,13 +128,14 @@ def run_generation(job: Job, call: Callable[[object, object], object]) -> tuple[
     loaded = load_pipeline(job.modality, job.profile)
     load_seconds = time.perf_counter() - start
     rt = runtime()
+    on_step = step_progress(job)
     with loaded.lock:
         use_scheduler(loaded.pipe, job.scheduler)
         # A CPU generator gives the same noise on any device, so a seed means the same thing everywhere.
         generator = torch.Generator("cpu").manual_seed(job.seed)
         start = time.perf_counter()
         with torch.inference_mode():
-            output = call(loaded.pipe, generator)
+            output = call(loaded.pipe, generator, on_step)
         pipeline_calls[job.modality] += 1
         if rt.device == "cuda":
             torch.cuda.synchronize()

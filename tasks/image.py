@@ -21,7 +21,7 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
             stage.detail = "reused"
             return done
 
-        def call(pipe, generator):
+        def call(pipe, generator, on_step):
             return pipe(
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
@@ -31,6 +31,7 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
                 guidance_scale=job.guidance,
                 generator=generator,
                 output_type="pil",
+                callback_on_step_end=lambda pipe, i, t, tensors: (on_step(i), tensors)[1],
             ).images[0]
 
         image, engine, load_s, gen_s = run_generation(job, call)

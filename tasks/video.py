@@ -49,7 +49,7 @@ def generate_video(job: Job, workspace: Workspace) -> Generated:
             stage.detail = "reused"
             return done
 
-        def call(pipe, generator):
+        def call(pipe, generator, on_step):
             return pipe(
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
@@ -60,6 +60,8 @@ def generate_video(job: Job, workspace: Workspace) -> Generated:
                 guidance_scale=job.guidance,
                 generator=generator,
                 output_type="np",
+                callback=lambda i, t, latents: on_step(i),
+                callback_steps=1,
             ).frames[0]
 
         frames, engine, load_s, gen_s = run_generation(job, call)
