@@ -18,9 +18,9 @@ BRIEF_EVENT = "genbundle.brief.submitted"
 
 def _prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "prefect", *args]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=REPO, env=os.environ | {"GENBUNDLE_CHECKOUT": str(REPO)}
-    )
+    # Deployments point workers at GENBUNDLE_CHECKOUT (in the images: /app), else at this checkout.
+    env = {"GENBUNDLE_CHECKOUT": str(REPO)} | os.environ
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"`prefect {' '.join(args)}` failed: {' '.join(tail)}")
