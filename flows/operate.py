@@ -59,19 +59,26 @@ def _set_gpu_limit(slots: int) -> None:
 
 
 def submit(brief) -> str:
-    """Emit the event that the `on-brief` deployment's trigger waits for; returns the event id."""
-    from prefect.events import emit_event
+    """Send the event that the `on-brief` deployment's trigger waits for; returns the event id."""
+    import anyio
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.settings import PREFECT_API_URL
 
     from tasks.storage import bundle_id
 
-    event = emit_event(
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise RuntimeError("no Prefect server to send the event to: set PREFECT_API_URL")
+    event = Event(
         event=BRIEF_EVENT,
         resource={"prefect.resource.id": f"genbundle.brief.{bundle_id(brief)}", "prefect.resource.name": brief.title},
         payload={"brief": brief.model_dump(mode="json")},
     )
-    if event is None:
-        raise RuntimeError("no Prefect server to send the event to: set PREFECT_API_URL")
-    from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=30)  # deliver it before this process exits
+    async def send() -> None:  # sent and done before returning, unlike the background emit_event
+        async with PrefectEventsClient(api_url=api) as client:
+            await client.emit(event)
+
+    anyio.run(send)
     return str(event.id)

@@ -106,3 +106,18 @@ def test_verify_and_upload_commands_on_a_local_bundle(tiny_bundle, s3, tmp_path)
     assert bad.returncode == 1
     assert any(line.startswith("mismatch engine.wav (expected ") for line in bad.stdout.splitlines())
     assert bad.stdout.strip().endswith(f"FAILED: {bundle}")
+
+
+def test_submit_without_a_server_says_so(tmp_path):
+    import os as _os
+
+    brief = tmp_path / "b.yaml"
+    brief.write_text("title: T\nauthor: A\n")
+    env = {k: v for k, v in _os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "submit", str(brief)],
+        capture_output=True, text=True, timeout=120,
+        env=env | {"PYTHONPATH": str(Path(__file__).parents[1]), "PREFECT_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no Prefect server to send the event to: set PREFECT_API_URL"
