@@ -104,37 +104,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    try:
-        brief = brief_from_args(args)
-    except BriefError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
+    brief = brief_from_args(args)  # a BriefError ends here, before Prefect or any model loads
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the progress display tells the story
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
     from flows.bundle import asset_bundle, preflight
     from tasks import progress
-    from tasks.models import ModelNotAvailable
-    from tasks.s3 import StorageError, is_s3_url
+    from tasks.errors import UserError
+    from tasks.s3 import is_s3_url
     from tasks.storage import bundle_id, out_root, storage_target
 
     storage = storage_target(args.storage)
-    try:
-        preflight(brief, storage)
-    except BriefError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    except (ModelNotAvailable, StorageError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 1
+    preflight(brief, storage)  # models there, title fits, bucket reachable: errors end here too
 
     live, listener = _progress_display(console, STAGES + (["upload"] if is_s3_url(storage) else []))
     progress.add_listener(listener)
     try:
         with live:
             location = asset_bundle(brief, out=str(args.out) if args.out else None, storage=storage)
-    except StorageError as err:  # already one line that names the fix
+    except UserError as err:  # already one line that names the fix
         console.print(f"[red]run failed:[/] {err}", highlight=False, soft_wrap=True)
         return 1
     except Exception as err:  # the run failed: one line, the details are in the Prefect logs
@@ -166,14 +155,9 @@ def _print_links(console, url: str, names: list[str]) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from tasks.s3 import StorageError
     from tasks.verify import verify_bundle
 
-    try:
-        result = verify_bundle(args.target)
-    except StorageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = verify_bundle(args.target)
     for a in result.assets:
         detail = "" if a.status == "ok" else f" (expected {a.expected_sha256[:12]}, {a.expected_bytes} bytes"
         if a.status == "mismatch":
@@ -186,27 +170,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from tasks.s3 import StorageError, list_bundles, parse_s3_url
+    from tasks.s3 import list_bundles, parse_s3_url
 
-    try:
-        bundles = list_bundles(parse_s3_url(args.target))
-    except StorageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for b in bundles:
+    for b in list_bundles(parse_s3_url(args.target)):
         title = b.title if b.title is not None else "(incomplete: no manifest)"
         print(f"{b.created or '-':25} {b.assets:3} assets {b.bytes:>12} bytes  {title}  {b.url}")
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from tasks.s3 import StorageError, parse_s3_url, upload_bundle_dir
+    from tasks.s3 import parse_s3_url, upload_bundle_dir
 
-    try:
-        report = upload_bundle_dir(Path(args.bundle), parse_s3_url(args.target))
-    except StorageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = upload_bundle_dir(Path(args.bundle), parse_s3_url(args.target))
     print(f"{report.url}: {report.summary()} in {report.seconds:.2f} s")
     return 0
 
@@ -234,28 +209,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.operate import deploy
 
-    try:
-        deploy(args.pool_type, args.gpu_slots)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    deploy(args.pool_type, args.gpu_slots)
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    try:
-        brief = parse_brief(load_brief_file(Path(args.brief)))
-    except BriefError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    brief = parse_brief(load_brief_file(Path(args.brief)))
     from flows.operate import BRIEF_EVENT, submit
 
-    try:
-        event_id = submit(brief)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{BRIEF_EVENT} {event_id}: {brief.title}")
+    print(f"{BRIEF_EVENT} {submit(brief)}: {brief.title}")
     return 0
 
 
@@ -330,7 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from tasks.errors import UserError
+
+    try:
+        return args.func(args)
+    except BriefError as err:  # exit 2: the brief needs fixing
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except UserError as err:  # exit 1: a model, the storage or the server needs fixing
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from prefect import flow
 
 from tasks.audio import generate_sound
+from tasks.errors import UserError
 from tasks.generation import Generated, Job, generation_step
 from tasks.image import generate_cover
 from tasks.video import generate_video
@@ -45,7 +46,7 @@ def generate_videos(jobs: list[Job], workspace: Workspace) -> list[Generated]:
     return [generate_video(job, workspace) for job in jobs]
 
 
-class DispatchError(RuntimeError):
+class DispatchError(UserError):
     pass
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tasks.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOLS_DIR = REPO / "deployments" / "pools"
@@ -23,7 +25,7 @@ def _prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"`prefect {' '.join(args)}` failed: {' '.join(tail)}")
+        raise UserError(f"`prefect {' '.join(args)}` failed: {' '.join(tail)}")
     return result
 
 
@@ -69,7 +71,7 @@ def submit(brief) -> str:
 
     api = PREFECT_API_URL.value()
     if not api:
-        raise RuntimeError("no Prefect server to send the event to: set PREFECT_API_URL")
+        raise UserError("no Prefect server to send the event to: set PREFECT_API_URL")
     event = Event(
         event=BRIEF_EVENT,
         resource={"prefect.resource.id": f"genbundle.brief.{bundle_id(brief)}", "prefect.resource.name": brief.title},

@@ -32,9 +32,9 @@ class _Strict(BaseModel):
 class _Generation(_Strict):
     prompt: str = Field(min_length=3, max_length=1000)
     negative_prompt: str | None = Field(None, max_length=1000, description="Replaces the template's negative prompt.")
-    steps: int | None = Field(None, ge=1, le=200)
-    guidance: float | None = Field(None, ge=0.0, le=30.0)
-    scheduler: SchedulerName | None = None
+    steps: int | None = Field(None, ge=1, le=200, description="Denoising steps; the profile's default when empty.")
+    guidance: float | None = Field(None, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    scheduler: SchedulerName | None = Field(None, description="dpm++ (default), ddim, lms, euler or pndm.")
 
     @field_validator("prompt")
     @classmethod
@@ -92,14 +92,14 @@ class VideoSpec(_Generation):
 class Brief(_Strict):
     """Everything one bundle needs. The same brief gives the same bundle id and the same outputs."""
 
-    title: str = Field(min_length=1, max_length=120)
-    author: str = Field(min_length=1, max_length=80)
-    tagline: str | None = Field(None, max_length=160)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    models: Profile = "tiny"
-    cover: CoverSpec = CoverSpec()
-    sound: SoundSpec = SoundSpec()
-    video: VideoSpec = VideoSpec()
+    title: str = Field(min_length=1, max_length=120, description="Book title, typeset on the cover.")
+    author: str = Field(min_length=1, max_length=80, description="Author's name, typeset on the cover.")
+    tagline: str | None = Field(None, max_length=160, description="Optional line under the title.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Same brief and seed, same bundle.")
+    models: Profile = Field("tiny", description="tiny: small random-weight models (placeholders); full: the real ones.")
+    cover: CoverSpec = Field(CoverSpec(), description="The book cover (Stable Diffusion v1.5).")
+    sound: SoundSpec = Field(SoundSpec(), description="The engine sound (AudioLDM).")
+    video: VideoSpec = Field(VideoSpec(), description="The car clip (Zeroscope v2 576w).")
 
     @field_validator("title", "author", "tagline")
     @classmethod

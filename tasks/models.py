@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from tasks import tiny_models
+from tasks.errors import UserError
 from tasks.settings import get_settings
 
 Modality = Literal["image", "sound", "video"]
@@ -96,7 +97,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 _PULL_IGNORE = ["*.ckpt", "*.pth", "*non_ema*", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ot", "*.md"]
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(UserError):
     """The full profile's weights are not on this machine; the message says how to fetch them."""
 
 

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks.errors import UserError
 from tasks.settings import Settings, get_settings
 from tasks.storage import MANIFEST_NAME
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError):
     """Storage failed in a way a person can fix; the message is one line that says how."""
 
 

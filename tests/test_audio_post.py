@@ -8,9 +8,8 @@ import pytest
 import soundfile as sf
 
 from tasks.audio import OUTPUT_RATE, normalise_sound
-from tasks.generation import Engine, Generated
 from tasks.media import MediaError, run_ffmpeg
-from tasks.workspace import Workspace
+from tasks.workspace import StepResult, Workspace
 
 RATE = 16000
 t = np.arange(5 * RATE) / RATE
@@ -35,25 +34,11 @@ def ebur128(path) -> tuple[float, float]:
     return loudness, peak
 
 
-def _raw(tmp_path, samples, name="raw") -> Generated:
+def _raw(tmp_path, samples, name="raw") -> StepResult:
     """A raw sound as the generation step would hand it on (its key names its content)."""
     path = tmp_path / f"{name}.wav"
     sf.write(path, samples, RATE, subtype="FLOAT")
-    engine = Engine(
-        pipeline_class="x",
-        model="x",
-        model_path="x",
-        profile="tiny",
-        scheduler="ddim",
-        scheduler_class="x",
-        steps=1,
-        guidance=1.0,
-        seed=0,
-        dtype="float32",
-        device="cpu",
-    )
-    key = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
-    return Generated(path=str(path), key=key, engine=engine, load_seconds=0, generate_seconds=0)
+    return StepResult(path=str(path), key=hashlib.sha256(path.read_bytes()).hexdigest()[:24])
 
 
 @pytest.mark.parametrize("name", sorted(SIGNALS))

@@ -149,7 +149,9 @@ def test_generations_report_progress_artifacts(tiny_bundle):
 
     async def read():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+            )
 
     progress = anyio.run(read)
     described = {a.description.split(":")[0] for a in progress if a.data == 100.0}

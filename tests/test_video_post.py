@@ -7,33 +7,18 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tasks.generation import Engine, Generated
 from tasks.media import probe
 from tasks.video import encode_h264, make_poster, mux_sound_onto_video
 from tasks.workspace import StepResult
 
-ENGINE = Engine(
-    pipeline_class="x",
-    model="x",
-    model_path="x",
-    profile="tiny",
-    scheduler="ddim",
-    scheduler_class="x",
-    steps=1,
-    guidance=1.0,
-    seed=0,
-    dtype="float32",
-    device="cpu",
-)
 
-
-def _video(tmp_path, frames=24, fps=8) -> Generated:
+def _video(tmp_path, frames=24, fps=8) -> StepResult:
     rng = np.random.default_rng(0)
     clip = np.repeat(np.linspace(0, 1, frames)[:, None, None, None], 3, axis=3) * np.ones((frames, 40, 64, 3))
     clip = np.clip(clip + 0.05 * rng.standard_normal(clip.shape), 0, 1)
     path = tmp_path / "car.mp4"
     encode_h264(clip, fps, path)
-    return Generated(path=str(path), key=f"video-{frames}-{fps}", engine=ENGINE, load_seconds=0, generate_seconds=0)
+    return StepResult(path=str(path), key=f"video-{frames}-{fps}")
 
 
 def _sound(tmp_path, seconds) -> StepResult:
