@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from tasks.generation import Generated, Job, generation_step, run_generation
+from tasks.disclosure import Disclosure, write_wav_tags
+from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
 from tasks.media import MediaError
 from tasks.progress import tracked
 from tasks.storage import atomic_path
@@ -29,11 +30,14 @@ LIMITER_LOOKAHEAD_S = 0.003
 LIMITER_MARGIN_DB = 0.2  # aim this far under the ceiling: resampling and PCM rounding move peaks slightly
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+def write_wav(path: Path, samples: np.ndarray, rate: int, disclosure: Disclosure | None) -> None:
+    """24-bit PCM WAV, with the disclosure in its INFO chunk."""
     import soundfile as sf
 
-    with atomic_path(path) as tmp:
-        sf.write(tmp, samples, rate, subtype="PCM_24", format="WAV")
+    with atomic_path(path) as tmp, sf.SoundFile(tmp, "w", rate, 1, "PCM_24", format="WAV") as out:
+        if disclosure is not None:
+            write_wav_tags(out, disclosure)
+        out.write(samples)
 
 
 @task(name="generate-sound", tags=["gpu"])
@@ -59,9 +63,11 @@ def generate_sound(job: Job, workspace: Workspace) -> Generated:
             return audio, int(pipe.vocoder.config.sampling_rate)
 
         (audio, rate), engine, load_s, gen_s = run_generation(job, call)
+        disclosure = disclosure_for(job, engine, "Engine sound")
         path = step.file(RAW_NAME)
-        write_wav(path, np.asarray(audio, dtype=np.float32), rate)
-    return step.save(Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s))
+        write_wav(path, np.asarray(audio, dtype=np.float32), rate, disclosure)
+    made = Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s, disclosure=disclosure)
+    return step.save(made)
 
 
 # --- measurement ----------------------------------------------------------------------------
@@ -197,6 +203,8 @@ def normalise_sound(
         samples, rate = sf.read(raw.path, dtype="float64")
         x, measured = normalise(samples, rate, target_lufs, ceiling_dbtp)
         path = step.file(SOUND_NAME)
-        write_wav(path, x.astype(np.float32), OUTPUT_RATE)
-    result = NormalisedSound(path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, **measured)
+        write_wav(path, x.astype(np.float32), OUTPUT_RATE, raw.disclosure)
+    result = NormalisedSound(
+        path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, disclosure=raw.disclosure, **measured
+    )
     return step.save(result.model_copy(update={"seconds": stage.seconds}))

@@ -17,6 +17,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.brief import BriefError
+from tasks.disclosure import png_info
 from tasks.progress import tracked
 from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
@@ -223,7 +224,8 @@ def title_cover(
             return done
         with Image.open(cover.path) as image:
             titled, details = typeset(image, title, author, tagline, font)
+        disclosure = cover.disclosure and cover.disclosure.model_copy(update={"title": f"{title} by {author}"})
         path = step.file(TITLED_NAME)
         with atomic_path(path) as tmp:
-            titled.save(tmp, format="PNG")
-    return step.save(TitledCover(path=str(path), seconds=stage.seconds, **details))
+            titled.save(tmp, format="PNG", pnginfo=png_info(disclosure) if disclosure else None)
+    return step.save(TitledCover(path=str(path), seconds=stage.seconds, disclosure=disclosure, **details))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from tasks.brief import Brief
+from tasks.disclosure import Disclosure
 from tasks.models import ENGINES, Modality, load_pipeline, runtime, tiny_cache_dir, use_scheduler
 from tasks.prompts import PromptSet
 from tasks.settings import get_settings
@@ -156,6 +157,10 @@ def run_generation(job: Job, call: Callable[[object, object, Callable[[int], Non
         device=rt.device,
     )
     return output, engine, load_seconds, generate_seconds
+
+
+def disclosure_for(job: Job, engine: Engine, title: str) -> Disclosure:
+    return Disclosure(title=title, prompt=job.prompt, seed=job.seed, model=engine.model, pipeline=engine.pipeline_class)
 
 
 def generation_step(job: Job, workspace: Workspace, kind: str, module_name: str) -> Step:

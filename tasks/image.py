@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.generation import Generated, Job, generation_step, run_generation
+from tasks.disclosure import png_info
+from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
 from tasks.progress import tracked
 from tasks.storage import atomic_path
 from tasks.workspace import Workspace
@@ -35,7 +36,9 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
             ).images[0]
 
         image, engine, load_s, gen_s = run_generation(job, call)
+        disclosure = disclosure_for(job, engine, "Book cover art")
         path = step.file(COVER_NAME)
         with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG")
-    return step.save(Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s))
+            image.save(tmp, format="PNG", pnginfo=png_info(disclosure))
+    made = Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s, disclosure=disclosure)
+    return step.save(made)

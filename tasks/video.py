@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from tasks.generation import Generated, Job, generation_step, run_generation
+from tasks.disclosure import Disclosure, ffmpeg_metadata, png_info
+from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
 from tasks.media import MediaError, probe, run_ffmpeg
 from tasks.progress import tracked
 from tasks.storage import atomic_path
@@ -26,7 +27,7 @@ POSTER_NAME = "poster.png"
 FADE_OUT_S = 0.1  # long enough to avoid a click, short enough not to be heard as a fade
 
 
-def encode_h264(frames: np.ndarray, fps: int, path: Path) -> None:
+def encode_h264(frames: np.ndarray, fps: int, path: Path, disclosure: Disclosure | None = None) -> None:
     """Encode RGB frames (F, H, W, 3; floats in 0..1 or uint8) as H.264 yuv420p MP4 with faststart."""
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -35,9 +36,13 @@ def encode_h264(frames: np.ndarray, fps: int, path: Path) -> None:
     h264 = ["-c:v", "libx264", "-preset", "medium", "-crf", "17", "-pix_fmt", "yuv420p"]
     with atomic_path(path) as tmp:
         run_ffmpeg(
-            [*source, *h264, "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp)],
+            [*source, *h264, *_metadata(disclosure), "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp)],
             input=np.ascontiguousarray(frames).tobytes(),
         )
+
+
+def _metadata(disclosure: Disclosure | None) -> list[str]:
+    return ffmpeg_metadata(disclosure) if disclosure is not None else []
 
 
 @task(name="generate-video", tags=["gpu"])
@@ -65,9 +70,11 @@ def generate_video(job: Job, workspace: Workspace) -> Generated:
             ).frames[0]
 
         frames, engine, load_s, gen_s = run_generation(job, call)
+        disclosure = disclosure_for(job, engine, "Car video")
         path = step.file(VIDEO_NAME)
-        encode_h264(np.asarray(frames), job.fps, path)
-    return step.save(Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s))
+        encode_h264(np.asarray(frames), job.fps, path, disclosure)
+    made = Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s, disclosure=disclosure)
+    return step.save(made)
 
 
 class Muxed(StepResult):
@@ -103,9 +110,9 @@ def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Worksp
             run_ffmpeg(
                 ["-i", video.path, *loop, "-i", sound.path, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
                 + ["-af", fitted, "-c:a", "aac", "-b:a", "192k", "-ar", "48000", "-t", f"{duration:.6f}"]
-                + ["-movflags", "+faststart", "-f", "mp4", str(tmp)]
+                + [*_metadata(video.disclosure), "-movflags", "+faststart", "-f", "mp4", str(tmp)]
             )
-    return step.save(Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds))
+    return step.save(Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds, disclosure=video.disclosure))
 
 
 @task(name="make-poster")
@@ -122,4 +129,10 @@ def make_poster(video: StepResult, workspace: Workspace) -> StepResult:
             run_ffmpeg([*args, "-f", "image2", str(tmp)])
             if tmp.stat().st_size == 0:
                 raise MediaError(f"ffmpeg wrote no poster frame for {video.path}")
-    return step.save(StepResult(path=str(out)))
+            if video.disclosure is not None:  # ffmpeg writes no PNG text chunks: add them
+                from PIL import Image
+
+                with Image.open(tmp) as frame:
+                    frame.load()
+                    frame.save(tmp, format="PNG", pnginfo=png_info(video.disclosure))
+    return step.save(StepResult(path=str(out), disclosure=video.disclosure))

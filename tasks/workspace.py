@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from tasks.disclosure import Disclosure
 from tasks.storage import atomic_path, out_root
 
 RESULT_NAME = "result.json"
@@ -36,6 +37,7 @@ class StepResult(BaseModel):
     path: str
     key: str = ""
     reused: bool = False  # True when found finished in the work area instead of made now
+    disclosure: Disclosure | None = None  # embedded in the file; handed on to files derived from it
 
 
 R = TypeVar("R", bound=StepResult)
