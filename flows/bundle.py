@@ -15,6 +15,7 @@ from tasks.generation import resolve_job
 from tasks.image import generate_cover
 from tasks.manifest import TINY_NOTE, write_manifest
 from tasks.models import ENGINES, check_models_available
+from tasks.policy import check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
@@ -33,7 +34,9 @@ def _font(brief: Brief) -> str | None:
 
 
 def preflight(brief: Brief, storage: str | None = None) -> None:
-    """What can be checked before any model loads: weights there, title fits, bucket reachable."""
+    """What can be checked before any model loads: the prompt policy, weights there, title fits,
+    bucket reachable."""
+    check_prompt_policy(brief)
     if is_s3_url(storage):
         check_bucket(parse_s3_url(storage))
     check_models_available(brief.models)

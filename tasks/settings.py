@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         None, description="Optional transformers text-generation model (hub id or folder) that rewrites prompts."
     )
 
+    blocked_terms: str | None = Field(
+        None, description="Comma-separated words or phrases that no prompt, title or tagline may contain."
+    )
+
     # Storage: bundles are always written under `out`; with an s3:// URL here they are uploaded too.
     # The S3 endpoint, region and credentials come from the standard AWS_* variables.
     storage: str | None = Field(None, description="s3://bucket/prefix to upload bundles to; local only when unset.")

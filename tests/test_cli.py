@@ -121,3 +121,15 @@ def test_submit_without_a_server_says_so(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no Prefect server to send the event to: set PREFECT_API_URL"
+
+
+def test_prompt_policy_refuses_before_generation(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--video-prompt", "a car chase full of gore", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1]), "GENBUNDLE_BLOCKED_TERMS": "gore"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: video.prompt: refused by the prompt policy: it contains 'gore'")
+    assert not any(tmp_path.iterdir())
