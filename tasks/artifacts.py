@@ -59,6 +59,15 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
         lines.append(
             f"| {m} | {e['pipeline_class']} | {e['scheduler']} | {e['steps']} | {e['guidance']} | {e['device']} {e['dtype']} |"
         )
+    compute = manifest.get("compute")
+    if compute:
+        sources = sorted({e["source"] for e in compute["per_asset"].values()})
+        lines += [
+            "",
+            f"**Compute:** {sum(e['seconds'] for e in compute['per_asset'].values()):.1f} s, "
+            f"{compute['total_wh'] * 1000:.2f} mWh in all, {compute['this_run_wh'] * 1000:.2f} mWh this run "
+            f"({'; '.join(sources)})",
+        ]
     lines += ["", f"_{manifest['disclosure']}_"]
     return "\n".join(lines)
 

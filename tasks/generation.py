@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from tasks.brief import Brief
 from tasks.disclosure import Disclosure
+from tasks.energy import Energy, metered
 from tasks.models import ENGINES, Modality, load_pipeline, runtime, tiny_cache_dir, use_scheduler
 from tasks.prompts import PromptSet
 from tasks.settings import get_settings
@@ -53,6 +54,7 @@ class Engine(BaseModel):
     seed: int
     dtype: str
     device: str
+    energy: Energy | None = None  # the generation's seconds and Wh, measured or estimated
 
 
 class Generated(StepResult):
@@ -134,13 +136,12 @@ def run_generation(job: Job, call: Callable[[object, object, Callable[[int], Non
         use_scheduler(loaded.pipe, job.scheduler)
         # A CPU generator gives the same noise on any device, so a seed means the same thing everywhere.
         generator = torch.Generator("cpu").manual_seed(job.seed)
-        start = time.perf_counter()
-        with torch.inference_mode():
+        with metered(rt.device) as energy, torch.inference_mode():
             output = call(loaded.pipe, generator, on_step)
+            if rt.device == "cuda":
+                torch.cuda.synchronize()
         pipeline_calls[job.modality] += 1
-        if rt.device == "cuda":
-            torch.cuda.synchronize()
-        generate_seconds = time.perf_counter() - start
+        generate_seconds = energy[0].seconds
         scheduler_class = type(loaded.pipe.scheduler).__name__
     settings_ref = getattr(get_settings(), ENGINES[job.modality].settings_field)
     engine = Engine(
@@ -155,6 +156,7 @@ def run_generation(job: Job, call: Callable[[object, object, Callable[[int], Non
         seed=job.seed,
         dtype=rt.dtype_name,
         device=rt.device,
+        energy=energy[0],
     )
     return output, engine, load_seconds, generate_seconds
 

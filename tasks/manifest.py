@@ -15,6 +15,7 @@ from PIL import Image
 from prefect import task
 
 from tasks.brief import Brief
+from tasks.energy import estimate
 from tasks.generation import Generated
 from tasks.media import probe
 from tasks.prompts import PromptSet
@@ -84,6 +85,23 @@ def versions() -> dict[str, str]:
     return found
 
 
+def compute_record(assets: dict[str, StepResult]) -> dict:
+    """Seconds and Wh per asset: generations as measured or estimated on their device, the
+    post-processing steps on the CPU. Reused steps cost nothing this run; their first cost is kept."""
+    per_asset = {}
+    for role, step in assets.items():
+        if isinstance(step, Generated) and step.engine.energy is not None:
+            energy = step.engine.energy
+        elif getattr(step, "seconds", None):
+            energy = estimate(step.seconds, "cpu")
+        else:
+            continue
+        per_asset[role] = energy.model_dump() | {"reused": step.reused}
+    total = sum(e["energy_wh"] for e in per_asset.values())
+    this_run = sum(e["energy_wh"] for e in per_asset.values() if not e["reused"])
+    return {"per_asset": per_asset, "total_wh": round(total, 6), "this_run_wh": round(this_run, 6)}
+
+
 @task(name="write-manifest")
 def write_manifest(
     bundle: str,
@@ -111,6 +129,7 @@ def write_manifest(
         "post_processing": notes,
         # "reused": found finished in the work area (an earlier, interrupted run made it).
         "steps": {role: "reused" if step.reused else "made" for role, step in assets.items()},
+        "compute": compute_record(assets),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions(),
     }

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         None, description="Optional transformers text-generation model (hub id or folder) that rewrites prompts."
     )
 
+    device_watts: float | None = Field(
+        None,
+        gt=0,
+        le=5000,
+        description="Power of the generating device, for energy estimates where NVML cannot measure.",
+    )
     blocked_terms: str | None = Field(
         None, description="Comma-separated words or phrases that no prompt, title or tagline may contain."
     )

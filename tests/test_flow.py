@@ -156,3 +156,27 @@ def test_generations_report_progress_artifacts(tiny_bundle):
     progress = anyio.run(read)
     described = {a.description.split(":")[0] for a in progress if a.data == 100.0}
     assert described >= {"image", "sound", "video"}  # each generation reached 100 %
+
+
+def test_compute_and_energy_per_asset(tiny_bundle):
+    compute = _manifest(tiny_bundle)["compute"]
+    per = compute["per_asset"]
+    assert {"cover", "sound_raw", "video", "cover_titled", "sound", "video_with_sound"} <= set(per)
+    for role, e in per.items():
+        assert e["seconds"] > 0 and e["energy_wh"] == pytest.approx(e["watts"] * e["seconds"] / 3600), role
+        assert e["source"] == "typical cpu power (estimate)"  # no NVML on a CPU; no GENBUNDLE_DEVICE_WATTS set
+    assert compute["total_wh"] == pytest.approx(sum(e["energy_wh"] for e in per.values()), abs=1e-5)
+
+
+def test_configured_device_power_is_used(monkeypatch):
+    from tasks.energy import estimate
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("GENBUNDLE_DEVICE_WATTS", "120")
+    get_settings.cache_clear()
+    try:
+        e = estimate(30.0, "cpu")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert (e.watts, e.energy_wh, e.source) == (120.0, 1.0, "GENBUNDLE_DEVICE_WATTS")
