@@ -221,6 +221,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    brief = brief_from_args(args)
+    from flows.bundle import preflight
+    from tasks.grid import scheduler_grid
+    from tasks.workspace import Workspace
+
+    preflight(brief)
+    path = args.grid_out or Path(f"scheduler-grid-seed{brief.seed}.png")
+    seconds = scheduler_grid(brief, Workspace.for_storage(str(args.out) if args.out else None, None), path)
+    print("  ".join(f"{name} {s:.2f} s" for name, s in seconds.items()))
+    print(path)
+    return 0
+
+
 def cmd_models_pull(args: argparse.Namespace) -> int:
     from tasks.models import pull_models
 
@@ -232,25 +246,35 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _brief_arguments(parser: argparse.ArgumentParser) -> None:
+    """The brief, as a file and/or flags (flags win)."""
+    parser.add_argument("brief", nargs="?", help="brief file (.yaml, .yml or .json)")
+    parser.add_argument("--title")
+    parser.add_argument("--author")
+    parser.add_argument("--tagline")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--models", choices=["tiny", "full"], help="model profile (default: tiny)")
+    parser.add_argument("--cover-prompt")
+    parser.add_argument("--sound-prompt")
+    parser.add_argument("--video-prompt")
+    parser.add_argument("--duration", type=float, help="seconds of engine sound")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any brief field, e.g. cover.steps=30")
+    parser.add_argument("--out", type=Path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genbundle", description="Turn a creative brief into an asset bundle.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate a bundle from a brief file and/or flags")
-    run.add_argument("brief", nargs="?", help="brief file (.yaml, .yml or .json)")
-    run.add_argument("--title")
-    run.add_argument("--author")
-    run.add_argument("--tagline")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--models", choices=["tiny", "full"], help="model profile (default: tiny)")
-    run.add_argument("--cover-prompt")
-    run.add_argument("--sound-prompt")
-    run.add_argument("--video-prompt")
-    run.add_argument("--duration", type=float, help="seconds of engine sound")
-    run.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any brief field, e.g. cover.steps=30")
-    run.add_argument("--out", type=Path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
+    _brief_arguments(run)
     run.add_argument("--storage", help="also upload to s3://bucket/prefix (default GENBUNDLE_STORAGE)")
     run.set_defaults(func=cmd_run)
+
+    grid = sub.add_parser("grid", help="the cover under every scheduler, same seed, side by side")
+    _brief_arguments(grid)
+    grid.add_argument("--grid-out", type=Path, help="the PNG to write (default scheduler-grid-seed<N>.png)")
+    grid.set_defaults(func=cmd_grid)
 
     batch = sub.add_parser("batch", help="one bundle per brief in a JSON Lines or CSV file")
     batch.add_argument("briefs", type=Path)
