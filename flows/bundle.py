@@ -20,6 +20,7 @@ from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
 from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
+from tasks.trace import trace_diffusion
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
 from tasks.workspace import Workspace
 
@@ -79,6 +80,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     normalised = normalise_sound.submit(sound, workspace, brief.sound.loudness, brief.sound.true_peak)
     muxed = mux_sound_onto_video.submit(video, normalised, workspace)
     poster = make_poster.submit(video, workspace)
+    trace = trace_diffusion.submit(cover, brief.models, workspace, brief.seed) if brief.trace else None
 
     generated = {"image": _result(cover), "sound": _result(sound), "video": _result(video)}
     assets = {
@@ -89,6 +91,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
         "video": generated["video"],
         "video_with_sound": muxed.result(),
         "poster": poster.result(),
+        **(trace.result().assets() if trace else {}),
     }
     timings = {"prompts": prompt_stage.seconds}
     for name, g in (("cover", assets["cover"]), ("sound", assets["sound_raw"]), ("video", assets["video"])):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tasks.brief import BriefError, load_brief_file, parse_brief
 
-STAGES = ["prompts", "cover", "sound", "video", "title", "normalise", "mux", "poster", "manifest", "store"]
+STAGES = ["prompts", "cover", "sound", "video", "title", "normalise", "mux", "poster", "trace", "manifest", "store"]
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:

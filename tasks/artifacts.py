@@ -41,9 +41,10 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
         "",
     ]
     if upload:
-        cover = upload.links.get("cover_titled.png")
-        if cover:
-            lines += [f"![{brief['title']}, titled cover]({cover})", ""]
+        for name, alt in (("cover_titled.png", "titled cover"), ("trace_forward.png", "forward process"),
+                          ("trace_reverse.png", "reverse process")):  # fmt: skip
+            if name in upload.links:
+                lines += [f"![{brief['title']}, {alt}]({upload.links[name]})", ""]
         lines += [
             f"Links below are presigned and expire after {upload.expires_in // 60} minutes. {upload.summary()}.",
             "",

@@ -100,6 +100,7 @@ class Brief(_Strict):
     cover: CoverSpec = Field(CoverSpec(), description="The book cover (Stable Diffusion v1.5).")
     sound: SoundSpec = Field(SoundSpec(), description="The engine sound (AudioLDM).")
     video: VideoSpec = Field(VideoSpec(), description="The car clip (Zeroscope v2 576w).")
+    trace: bool = Field(True, description="Add the diffusion trace: the cover noised and denoised, step by step.")
 
     @field_validator("title", "author", "tagline")
     @classmethod

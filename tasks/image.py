@@ -8,9 +8,11 @@ from tasks.disclosure import png_info
 from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
 from tasks.progress import tracked
 from tasks.storage import atomic_path
+from tasks.trace import ReverseTrace
 from tasks.workspace import Workspace
 
 COVER_NAME = "cover.png"
+REVERSE_TRACE_NAME = "reverse_trace.pt"  # latents at a few denoising steps, for the diffusion trace
 
 
 @task(name="generate-cover", tags=["gpu"])
@@ -22,7 +24,14 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
             stage.detail = "reused"
             return done
 
+        snapshots = ReverseTrace()
+
         def call(pipe, generator, on_step):
+            def on_step_end(pipe, i, t, tensors):
+                on_step(i)
+                snapshots.keep(i, t, tensors["latents"], job.steps)
+                return tensors
+
             return pipe(
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
@@ -32,7 +41,7 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
                 guidance_scale=job.guidance,
                 generator=generator,
                 output_type="pil",
-                callback_on_step_end=lambda pipe, i, t, tensors: (on_step(i), tensors)[1],
+                callback_on_step_end=on_step_end,
             ).images[0]
 
         image, engine, load_s, gen_s = run_generation(job, call)
@@ -40,5 +49,6 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
         path = step.file(COVER_NAME)
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG", pnginfo=png_info(disclosure))
+        snapshots.save(step.file(REVERSE_TRACE_NAME))
     made = Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s, disclosure=disclosure)
     return step.save(made)

@@ -41,7 +41,7 @@ def test_run_makes_a_bundle_and_prints_where(tmp_path):
     location = Path(result.stdout.strip().splitlines()[-1])
     assert location.parent == tmp_path.resolve()
     manifest = json.loads((location / "bundle.json").read_text())
-    assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == 7
+    assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == 10
     assert "car_with_sound.mp4" in result.stderr  # the summary table
     assert "Placeholder outputs" in result.stderr
 
@@ -66,18 +66,18 @@ def test_run_to_s3_then_verify_ls_and_run_again_sending_nothing(s3, tmp_path):
     url = first.stdout.strip().splitlines()[-1]
     assert url.startswith(f"{target}/night-roads-")
     assert "cover_titled.png\thttp" in first.stdout  # shareable links printed
-    assert "8 uploaded" in first.stderr
+    assert "11 uploaded" in first.stderr
 
     verify = genbundle("verify", url)
     assert verify.returncode == 0 and verify.stdout.strip().endswith(f"verified: {url}")
-    assert verify.stdout.count("ok ") == 7
+    assert verify.stdout.count("ok ") == 10
 
     listing = genbundle("ls", target)
     assert listing.returncode == 0 and "Night Roads" in listing.stdout and url in listing.stdout
 
     again = genbundle(*args)
     assert again.returncode == 0, again.stderr
-    assert "0 uploaded (0 bytes sent), 8 already there" in again.stderr
+    assert "0 uploaded (0 bytes sent), 11 already there" in again.stderr
     for result in (first, verify, listing, again):
         assert TEST_SECRET_KEY not in result.stdout + result.stderr
 
@@ -96,10 +96,10 @@ def test_verify_and_upload_commands_on_a_local_bundle(tiny_bundle, s3, tmp_path)
     _, _, bucket = s3
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))
     ok = genbundle("verify", str(bundle))
-    assert ok.returncode == 0 and ok.stdout.count("ok ") == 7
+    assert ok.returncode == 0 and ok.stdout.count("ok ") == 10
 
     uploaded = genbundle("upload", str(bundle), f"s3://{bucket}/later")
-    assert uploaded.returncode == 0 and "8 uploaded" in uploaded.stdout
+    assert uploaded.returncode == 0 and "11 uploaded" in uploaded.stdout
 
     (bundle / "engine.wav").write_bytes(b"RIFF and nothing else")
     bad = genbundle("verify", str(bundle))

@@ -11,15 +11,9 @@ from tasks.manifest import DISCLOSURE, TINY_NOTE
 from tasks.storage import sha256_file
 
 EXPECTED = {
-    "cover.png",
-    "cover_titled.png",
-    "engine_raw.wav",
-    "engine.wav",
-    "car.mp4",
-    "car_with_sound.mp4",
-    "poster.png",
-    "bundle.json",
-}
+    "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav", "car.mp4", "car_with_sound.mp4",
+    "poster.png", "trace_forward.png", "trace_reverse.png", "noise_schedule.png", "bundle.json",
+}  # fmt: skip
 
 
 def _manifest(bundle: Path) -> dict:
@@ -135,7 +129,7 @@ def test_bundle_uploaded_to_s3_with_links_and_no_secret(s3, tmp_path):
     artifacts, logs = anyio.run(read)
     markdown = artifacts[0].data
     assert "X-Amz-Signature=" in markdown and "presigned" in markdown  # each asset linked
-    assert "8 uploaded" in markdown
+    assert "11 uploaded" in markdown
     everything = markdown + "\n".join(log.message for log in logs) + (local / "bundle.json").read_text()
     assert logs and TEST_SECRET_KEY not in everything
     manifest = client.get_object(Bucket=bucket, Key=url.split(bucket + "/", 1)[1] + "bundle.json")["Body"].read()

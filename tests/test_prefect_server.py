@@ -110,7 +110,7 @@ def test_dispatched_bundle_through_the_gpu_pools(stack):
     seconds = time.perf_counter() - started
     assert run.returncode == 0, run.stdout[-3000:] + "\n" + (logs / "worker-cpu.log").read_text()[-3000:]
     bundle = _bundles(out)["The Glowing Forest"]
-    assert len(bundle["assets"]) == 7
+    assert len(bundle["assets"]) == 10
     for pool in ("gpu-image", "gpu-audio", "gpu-video"):  # each generation ran on its own pool's worker
         assert "Completed" in (logs / f"worker-{pool}.log").read_text()
     print(f"\ndispatched bundle: trigger to bundle {seconds:.1f} s")

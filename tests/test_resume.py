@@ -46,6 +46,7 @@ def test_a_failed_run_resumes_without_regenerating(prefect_api, tmp_path, monkey
     assert steps == {
         "cover": "reused", "cover_titled": "reused", "sound_raw": "reused", "sound": "reused",
         "video": "reused", "video_with_sound": "made", "poster": "reused",
+        "trace_forward": "reused", "trace_reverse": "reused", "noise_schedule": "reused",
     }  # fmt: skip
 
 

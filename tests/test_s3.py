@@ -84,8 +84,8 @@ def test_second_upload_sends_nothing(s3, bundle):
     target = parse_s3_url(f"s3://{bucket}/p")
     first = upload_bundle_dir(bundle, target)
     second = upload_bundle_dir(bundle, target)
-    assert len(first.uploaded) == 8 and not first.skipped
-    assert second.bytes_sent == 0 and not second.uploaded and len(second.skipped) == 8
+    assert len(first.uploaded) == 11 and not first.skipped
+    assert second.bytes_sent == 0 and not second.uploaded and len(second.skipped) == 11
 
 
 def test_interrupted_upload_resumes_without_resending(s3, proxy, bundle, monkeypatch):
@@ -120,7 +120,7 @@ def test_transient_errors_are_retried(s3, proxy, bundle):
 
     proxy.rules.append(flaky)
     report = upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/p"))
-    assert len(proxy.failed) == 3 and len(report.uploaded) == 8
+    assert len(proxy.failed) == 3 and len(report.uploaded) == 11
 
 
 def test_a_store_that_stays_down_gives_one_line(s3, proxy, bundle, monkeypatch):
@@ -244,7 +244,7 @@ def test_ls_lists_bundles_with_titles(s3, bundle):
     client.put_object(Bucket=bucket, Key="shelf/half-done-123/cover.png", Body=b"x")
     listing = {b.bundle_id: b for b in list_bundles(parse_s3_url(f"s3://{bucket}/shelf"))}
     done = listing[_manifest(bundle)["bundle_id"]]
-    assert done.title == "The Forest of Glowing Things" and done.assets == 7 and done.created
+    assert done.title == "The Forest of Glowing Things" and done.assets == 10 and done.created
     assert listing["half-done-123"].title is None
 
 
