@@ -10,6 +10,7 @@ from flows.generate import dispatch_generations
 from tasks.artifacts import publish_summary
 from tasks.audio import generate_sound, normalise_sound
 from tasks.brief import Brief
+from tasks.caption import caption_cover
 from tasks.cover import check_title_fits, title_cover
 from tasks.generation import resolve_job
 from tasks.image import generate_cover
@@ -81,6 +82,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     muxed = mux_sound_onto_video.submit(video, normalised, workspace)
     poster = make_poster.submit(video, workspace)
     trace = trace_diffusion.submit(cover, brief.models, workspace, brief.seed) if brief.trace else None
+    caption = caption_cover.submit(cover, brief.cover.prompt, brief.models, workspace)
 
     generated = {"image": _result(cover), "sound": _result(sound), "video": _result(video)}
     assets = {
@@ -105,6 +107,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
         "cover_title": assets["cover_titled"].model_dump(exclude={"path", "key", "reused", "seconds"}),
         "sound": assets["sound"].model_dump(exclude={"path", "key", "reused", "seconds"}),
         "mux": {"audio_fit": assets["video_with_sound"].audio_fit},
+        "cover_caption": caption.result().model_dump(include={"text", "shared_words", "flagged"}),
     }
     timings["total_before_store"] = time.perf_counter() - started
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from tasks.brief import BriefError, load_brief_file, parse_brief
 
-STAGES = ["prompts", "cover", "sound", "video", "title", "normalise", "mux", "poster", "trace", "manifest", "store"]
+STAGES = [
+    "prompts", "cover", "sound", "video", "title", "caption", "trace", "normalise", "mux", "poster", "manifest", "store",
+]  # fmt: skip
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:

@@ -49,6 +49,14 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
             f"Links below are presigned and expire after {upload.expires_in // 60} minutes. {upload.summary()}.",
             "",
         ]
+    caption = manifest.get("post_processing", {}).get("cover_caption")
+    if caption:
+        verdict = (
+            "**flagged: it shares no content word with the prompt**"
+            if caption["flagged"]
+            else f"shares with the prompt: {', '.join(caption['shared_words'])}"
+        )
+        lines += [f"Cover alt text (BLIP caption): _{caption['text']}_ ({verdict})", ""]
     lines += ["| asset | role | size | details | sha256 |", "|---|---|---|---|---|"]
     for a in manifest["assets"]:
         name = f"[{a['name']}]({upload.links[a['name']]})" if upload else a["name"]

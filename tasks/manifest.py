@@ -117,6 +117,10 @@ def write_manifest(
     `assets` maps each file's role to the step that made it; `notes` holds post-processing details.
     """
     described = [describe_asset(Path(step.path), role) for role, step in assets.items()]
+    if "cover_caption" in notes:  # the caption is the covers' alt text
+        for asset in described:
+            if asset["role"] in ("cover", "cover_titled"):
+                asset["alt_text"] = notes["cover_caption"]["text"]
     manifest = {
         "bundle_id": bundle,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -84,6 +84,9 @@ ENGINES: dict[Modality, EngineSpec] = {
     ),
 }
 
+# Every model a bundle uses -> the Settings field naming its full weights (the captioner is BLIP).
+SETTINGS_FIELD = {m: spec.settings_field for m, spec in ENGINES.items()} | {"caption": "caption_model"}
+
 # Scheduler choices: name -> (diffusers class, extra config).
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
@@ -141,11 +144,11 @@ def tiny_cache_dir() -> Path:
 _build_lock = threading.Lock()
 
 
-def ensure_tiny_model(modality: Modality) -> Path:
-    """Build and save the tiny pipeline once; later calls return its folder."""
+def ensure_tiny_model(modality: str) -> Path:
+    """Build and save the tiny pipeline (or captioner) once; later calls return its folder."""
     target = tiny_cache_dir() / modality
     with _build_lock:
-        if (target / "model_index.json").is_file():
+        if target.is_dir():  # complete: it is renamed into place only once fully saved
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.parent / f".{modality}.{os.getpid()}.partial"
@@ -158,11 +161,11 @@ def ensure_tiny_model(modality: Modality) -> Path:
         return target
 
 
-def model_source(modality: Modality, profile: str) -> str:
-    """The folder or hub id the pipeline loads from; raises ModelNotAvailable for missing full weights."""
+def model_source(modality: str, profile: str) -> str:
+    """The folder the pipeline (or captioner) loads from; raises ModelNotAvailable for missing full weights."""
     if profile == "tiny":
         return str(ensure_tiny_model(modality))
-    ref = getattr(get_settings(), ENGINES[modality].settings_field)
+    ref = getattr(get_settings(), SETTINGS_FIELD[modality])
     if Path(ref).expanduser().is_dir():
         return str(Path(ref).expanduser())
     from huggingface_hub import snapshot_download
@@ -171,7 +174,7 @@ def model_source(modality: Modality, profile: str) -> str:
     try:
         return snapshot_download(ref, local_files_only=True, ignore_patterns=_PULL_IGNORE)
     except (LocalEntryNotFoundError, OSError, ValueError):
-        setting = "GENBUNDLE_" + ENGINES[modality].settings_field.upper()
+        setting = "GENBUNDLE_" + SETTINGS_FIELD[modality].upper()
         raise ModelNotAvailable(
             f"{modality} model '{ref}' is not in the Hugging Face cache ({_hf_cache()}): "
             f"fetch it with `genbundle models pull --models full`, or point {setting} at a local folder"
@@ -187,15 +190,15 @@ def _hf_cache() -> str:
 def check_models_available(profile: str) -> None:
     """Fail fast, before any generation, when a full model is missing."""
     if profile == "full":
-        for modality in MODALITIES:
+        for modality in SETTINGS_FIELD:
             model_source(modality, "full")
 
 
 def pull_models(profile: str, log=print) -> dict[str, str]:
     """Fill the cache: build the tiny pipelines, or download the full weights from the hub."""
     found = {}
-    for modality in MODALITIES:
-        ref = getattr(get_settings(), ENGINES[modality].settings_field)
+    for modality, field in SETTINGS_FIELD.items():
+        ref = getattr(get_settings(), field)
         if profile == "tiny":
             found[modality] = str(ensure_tiny_model(modality))
         elif Path(ref).expanduser().is_dir():

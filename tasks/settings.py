@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     image_model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Hub id or local folder.")
     sound_model: str = Field("cvssp/audioldm-s-full-v2", description="Hub id or local folder.")
     video_model: str = Field("cerspense/zeroscope_v2_576w", description="Hub id or local folder.")
+    caption_model: str = Field("Salesforce/blip-image-captioning-base", description="BLIP captioner: hub id or folder.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prompt_model: str | None = Field(
         None, description="Optional transformers text-generation model (hub id or folder) that rewrites prompts."

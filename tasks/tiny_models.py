@@ -257,14 +257,63 @@ def build_video_pipeline():
     )
 
 
-BUILDERS = {"image": build_image_pipeline, "sound": build_audio_pipeline, "video": build_video_pipeline}
+def bert_tokenizer():
+    """A WordPiece vocabulary of the corpus words plus single characters, in BERT's format."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = sorted(set(_CORPUS)) + [chr(c) for c in range(33, 127)] + [f"##{chr(c)}" for c in range(97, 123)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + pieces))}
+    return BertTokenizer(vocab=vocab, model_max_length=TOKEN_LIMIT)
+
+
+class TinyCaptioner:
+    """A tiny BLIP captioner (model + processor) that saves and loads like a pipeline folder."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor = model, processor
+
+    def save_pretrained(self, path) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+
+def build_caption_model():
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+
+    tokenizer = bert_tokenizer()
+    config = BlipConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 64, "bos_token_id": tokenizer.cls_token_id,
+            "pad_token_id": tokenizer.pad_token_id, "sep_token_id": tokenizer.sep_token_id,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 64, "patch_size": 16,
+        },
+        projection_dim=32,
+    )  # fmt: skip
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
+    return TinyCaptioner(BlipForConditionalGeneration(config), processor)
+
+
+BUILDERS = {
+    "image": build_image_pipeline,
+    "sound": build_audio_pipeline,
+    "video": build_video_pipeline,
+    "caption": build_caption_model,
+}
 
 
 def build_tiny_pipeline(modality: str, seed: int = 0):
     """Build the tiny pipeline for a modality with weights drawn from a fixed seed."""
     torch.manual_seed(seed)
     pipe = BUILDERS[modality]()
-    for component in pipe.components.values():
+    modules = [pipe.model] if isinstance(pipe, TinyCaptioner) else list(pipe.components.values())
+    for component in modules:
         if isinstance(component, torch.nn.Module):
             component.eval()  # constructors leave modules in training mode; dropout breaks determinism.
     return pipe
