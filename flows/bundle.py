@@ -20,6 +20,8 @@ from tasks.policy import check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
+from tasks.safety import check_cover_safety
+from tasks.settings import get_settings
 from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
 from tasks.trace import trace_diffusion
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
@@ -45,6 +47,32 @@ def preflight(brief: Brief, storage: str | None = None) -> None:
     defaults = ENGINES["image"].defaults(brief.models)
     size = (brief.cover.width or defaults.width, brief.cover.height or defaults.height)
     check_title_fits(size, brief.title, brief.author, brief.tagline, _font(brief))
+
+
+def _finish_cover(cover, brief: Brief, workspace: Workspace) -> tuple[dict, dict]:
+    """The safety check, then title, caption and trace from the cover that passed it.
+
+    Returns (assets by role, notes for the manifest); a cover dropped by the safety action
+    leaves no cover assets at all.
+    """
+    settings, notes, published, flagged = get_settings(), {}, cover, False
+    if settings.safety == "on":
+        verdict = check_cover_safety(cover, brief.models, workspace, settings.safety_action)
+        notes["safety"] = verdict.model_dump(include={"checker", "flagged", "action", "applied"})
+        if verdict.applied == "dropped":
+            return {}, notes
+        published, flagged = verdict, verdict.flagged
+    titled = title_cover.submit(published, workspace, brief.title, brief.author, brief.tagline, _font(brief))
+    caption = caption_cover.submit(published, brief.cover.prompt, brief.models, workspace)
+    # The trace pictures the generation itself, so it would show a flagged cover unblurred: left out then.
+    trace = trace_diffusion.submit(cover, brief.models, workspace, brief.seed) if brief.trace and not flagged else None
+    titled = titled.result()
+    notes["cover_title"] = titled.model_dump(
+        include={"band", "box", "text_color", "scrim_alpha", "contrast", "title_size", "lines"}
+    )
+    notes["cover_caption"] = caption.result().model_dump(include={"text", "shared_words", "flagged"})
+    assets = {"cover": _result(published), "cover_titled": titled, **(trace.result().assets() if trace else {})}
+    return assets, notes
 
 
 @flow(name="asset-bundle", flow_run_name="{brief.title}")
@@ -77,37 +105,31 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
         cover = generate_cover.submit(jobs["image"], workspace)
         sound = generate_sound.submit(jobs["sound"], workspace)
         video = generate_video.submit(jobs["video"], workspace)
-    titled = title_cover.submit(cover, workspace, brief.title, brief.author, brief.tagline, _font(brief))
     normalised = normalise_sound.submit(sound, workspace, brief.sound.loudness, brief.sound.true_peak)
     muxed = mux_sound_onto_video.submit(video, normalised, workspace)
     poster = make_poster.submit(video, workspace)
-    trace = trace_diffusion.submit(cover, brief.models, workspace, brief.seed) if brief.trace else None
-    caption = caption_cover.submit(cover, brief.cover.prompt, brief.models, workspace)
+    cover_assets, notes = _finish_cover(cover, brief, workspace)
 
     generated = {"image": _result(cover), "sound": _result(sound), "video": _result(video)}
     assets = {
-        "cover": generated["image"],
-        "cover_titled": titled.result(),
+        **cover_assets,
         "sound_raw": generated["sound"],
         "sound": normalised.result(),
         "video": generated["video"],
         "video_with_sound": muxed.result(),
         "poster": poster.result(),
-        **(trace.result().assets() if trace else {}),
     }
     timings = {"prompts": prompt_stage.seconds}
-    for name, g in (("cover", assets["cover"]), ("sound", assets["sound_raw"]), ("video", assets["video"])):
-        timings[f"{name}_load"], timings[name] = g.load_seconds, g.generate_seconds
-    timings |= {
-        "title": assets["cover_titled"].seconds,
-        "normalise": assets["sound"].seconds,
-        "mux": assets["video_with_sound"].seconds,
-    }
-    notes = {
-        "cover_title": assets["cover_titled"].model_dump(exclude={"path", "key", "reused", "seconds"}),
-        "sound": assets["sound"].model_dump(exclude={"path", "key", "reused", "seconds"}),
+    for name, modality in (("cover", "image"), ("sound", "sound"), ("video", "video")):
+        timings[f"{name}_load"], timings[name] = generated[modality].load_seconds, generated[modality].generate_seconds
+    timings |= {"normalise": assets["sound"].seconds, "mux": assets["video_with_sound"].seconds}
+    if "cover_titled" in assets:
+        timings["title"] = assets["cover_titled"].seconds
+    notes |= {
+        "sound": assets["sound"].model_dump(
+            include={"sample_rate", "duration", "loudness_lufs", "true_peak_dbtp", "gain_db", "limited"}
+        ),
         "mux": {"audio_fit": assets["video_with_sound"].audio_fit},
-        "cover_caption": caption.result().model_dump(include={"text", "shared_words", "flagged"}),
     }
     timings["total_before_store"] = time.perf_counter() - started
 

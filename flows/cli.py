@@ -17,7 +17,8 @@ from pathlib import Path
 from tasks.brief import BriefError, load_brief_file, parse_brief
 
 STAGES = [
-    "prompts", "cover", "sound", "video", "title", "caption", "trace", "normalise", "mux", "poster", "manifest", "store",
+    "prompts", "cover", "sound", "video", "safety", "title", "caption", "trace", "normalise", "mux", "poster",
+    "manifest", "store",
 ]  # fmt: skip
 
 

@@ -85,13 +85,17 @@ def versions() -> dict[str, str]:
     return found
 
 
-def compute_record(assets: dict[str, StepResult]) -> dict:
+GENERATED_ROLES = {"cover": "image", "sound_raw": "sound", "video": "video"}
+
+
+def compute_record(assets: dict[str, StepResult], generated: dict[str, Generated]) -> dict:
     """Seconds and Wh per asset: generations as measured or estimated on their device, the
     post-processing steps on the CPU. Reused steps cost nothing this run; their first cost is kept."""
     per_asset = {}
     for role, step in assets.items():
-        if isinstance(step, Generated) and step.engine.energy is not None:
-            energy = step.engine.energy
+        made_by = generated.get(GENERATED_ROLES.get(role, ""))
+        if made_by is not None and made_by.engine.energy is not None:
+            energy, step = made_by.engine.energy, made_by
         elif getattr(step, "seconds", None):
             energy = estimate(step.seconds, "cpu")
         else:
@@ -133,7 +137,7 @@ def write_manifest(
         "post_processing": notes,
         # "reused": found finished in the work area (an earlier, interrupted run made it).
         "steps": {role: "reused" if step.reused else "made" for role, step in assets.items()},
-        "compute": compute_record(assets),
+        "compute": compute_record(assets, generated),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions(),
     }

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         le=5000,
         description="Power of the generating device, for energy estimates where NVML cannot measure.",
     )
+    safety: Literal["on", "off"] = Field("on", description="Run Stable Diffusion's safety checker on the cover.")
+    safety_action: Literal["blur", "drop", "fail"] = Field(
+        "blur", description="What happens to a flagged cover: blurred, left out of the bundle, or the run fails."
+    )
     blocked_terms: str | None = Field(
         None, description="Comma-separated words or phrases that no prompt, title or tagline may contain."
     )

@@ -300,11 +300,39 @@ def build_caption_model():
     return TinyCaptioner(BlipForConditionalGeneration(config), processor)
 
 
+class TinySafetyChecker:
+    """Stable Diffusion's safety checker, tiny, saved in the layout of an SD model folder."""
+
+    def __init__(self, checker, processor):
+        self.checker, self.processor = checker, processor
+
+    def save_pretrained(self, path) -> None:
+        self.checker.save_pretrained(f"{path}/safety_checker")
+        self.processor.save_pretrained(f"{path}/feature_extractor")
+
+
+def build_safety_checker():
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessorPil
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=32,
+    )  # fmt: skip
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return TinySafetyChecker(StableDiffusionSafetyChecker(config), processor)
+
+
 BUILDERS = {
     "image": build_image_pipeline,
     "sound": build_audio_pipeline,
     "video": build_video_pipeline,
     "caption": build_caption_model,
+    "safety": build_safety_checker,
 }
 
 
@@ -312,7 +340,12 @@ def build_tiny_pipeline(modality: str, seed: int = 0):
     """Build the tiny pipeline for a modality with weights drawn from a fixed seed."""
     torch.manual_seed(seed)
     pipe = BUILDERS[modality]()
-    modules = [pipe.model] if isinstance(pipe, TinyCaptioner) else list(pipe.components.values())
+    if isinstance(pipe, TinyCaptioner):
+        modules = [pipe.model]
+    elif isinstance(pipe, TinySafetyChecker):
+        modules = [pipe.checker]
+    else:
+        modules = list(pipe.components.values())
     for component in modules:
         if isinstance(component, torch.nn.Module):
             component.eval()  # constructors leave modules in training mode; dropout breaks determinism.

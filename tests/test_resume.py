@@ -74,12 +74,14 @@ def test_a_killed_run_resumes_without_regenerating(tmp_path):
         if all(list(work.glob(f"{kind}/*/result.json")) for kind in ("cover", "sound", "video")):
             run.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     run.wait(timeout=60)
-    assert run.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert run.returncode == -signal.SIGKILL, f"the run ended by itself (exit {run.returncode}) before the kill"
     assert not list(tmp_path.glob("killed-midway-*/bundle.json"))
 
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     manifest = json.loads((Path(again.stdout.strip().splitlines()[-1]) / "bundle.json").read_text())
-    assert {manifest["steps"][role] for role in ("cover", "sound_raw", "video")} == {"reused"}
+    # The generations themselves were reused (the cover's safety check may or may not have finished first).
+    generations = manifest["compute"]["per_asset"]
+    assert all(generations[role]["reused"] for role in ("cover", "sound_raw", "video"))
