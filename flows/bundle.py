@@ -20,7 +20,7 @@ from tasks.policy import check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
-from tasks.safety import check_cover_safety
+from tasks.safety import check_cover_safety, safety_checker_folder
 from tasks.settings import get_settings
 from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
 from tasks.trace import trace_diffusion
@@ -38,15 +38,17 @@ def _font(brief: Brief) -> str | None:
 
 
 def preflight(brief: Brief, storage: str | None = None) -> None:
-    """What can be checked before any model loads: the prompt policy, weights there, title fits,
-    bucket reachable."""
+    """What can be checked before any model loads: the prompt policy, the title fits the cover,
+    the weights are there, the bucket is reachable."""
     check_prompt_policy(brief)
-    if is_s3_url(storage):
-        check_bucket(parse_s3_url(storage))
-    check_models_available(brief.models)
     defaults = ENGINES["image"].defaults(brief.models)
     size = (brief.cover.width or defaults.width, brief.cover.height or defaults.height)
     check_title_fits(size, brief.title, brief.author, brief.tagline, _font(brief))
+    check_models_available(brief.models)
+    if get_settings().safety == "on":
+        safety_checker_folder(brief.models)
+    if is_s3_url(storage):
+        check_bucket(parse_s3_url(storage))
 
 
 def _finish_cover(cover, brief: Brief, workspace: Workspace) -> tuple[dict, dict]:

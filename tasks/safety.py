@@ -26,19 +26,25 @@ _loaded: dict[str, tuple] = {}
 _lock = threading.Lock()
 
 
+def safety_checker_folder(profile: str) -> str:
+    """The folder holding `safety_checker/` and `feature_extractor/`; a clear error when there is none."""
+    root = model_source("safety", "tiny") if profile == "tiny" else model_source("image", "full")
+    if not (Path(root) / "safety_checker").is_dir():
+        raise UserError(
+            f"no safety checker in {root}/safety_checker: use a Stable Diffusion folder that has one, "
+            "or set GENBUNDLE_SAFETY=off"
+        )
+    return root
+
+
 def load_safety_checker(profile: str):
     """(checker, image processor, lock), loaded once per process."""
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
-    root = model_source("safety", "tiny") if profile == "tiny" else model_source("image", "full")
+    root = safety_checker_folder(profile)
     with _lock:
         if root not in _loaded:
-            if not (Path(root) / "safety_checker").is_dir():
-                raise UserError(
-                    f"no safety checker in {root}/safety_checker: use a Stable Diffusion folder that has one, "
-                    "or set GENBUNDLE_SAFETY=off"
-                )
             rt = runtime()
             checker = StableDiffusionSafetyChecker.from_pretrained(root, subfolder="safety_checker", dtype=rt.dtype)
             processor = CLIPImageProcessor.from_pretrained(root, subfolder="feature_extractor")
