@@ -92,14 +92,14 @@ def _summary_table(location: Path):
 
     from rich.table import Table
 
-    from tasks.artifacts import _size, asset_details
+    from tasks.artifacts import asset_details, human_size
 
     manifest = json.loads((location / "bundle.json").read_text())
     table = Table(title=f"bundle {manifest['bundle_id']}")
     for col in ("asset", "size", "details"):
         table.add_column(col)
     for a in manifest["assets"]:
-        table.add_row(a["name"], _size(a["bytes"]), asset_details(a))
+        table.add_row(a["name"], human_size(a["bytes"]), asset_details(a))
     return table, manifest
 
 

@@ -12,7 +12,7 @@ from tasks.s3 import UploadReport
 from tasks.storage import MANIFEST_NAME
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
@@ -60,7 +60,7 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
     lines += ["| asset | role | size | details | sha256 |", "|---|---|---|---|---|"]
     for a in manifest["assets"]:
         name = f"[{a['name']}]({upload.links[a['name']]})" if upload else a["name"]
-        lines.append(f"| {name} | {a['role']} | {_size(a['bytes'])} | {asset_details(a)} | `{a['sha256'][:12]}` |")
+        lines.append(f"| {name} | {a['role']} | {human_size(a['bytes'])} | {asset_details(a)} | `{a['sha256'][:12]}` |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in manifest["timings_seconds"].items()]
     lines += ["", "| modality | pipeline | scheduler | steps | guidance | device |", "|---|---|---|---|---|---|"]
