@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.models import model_source, runtime
+from tasks.models import MODEL_LOCK, model_source, runtime
 from tasks.progress import tracked
 from tasks.prompts import content_words
 from tasks.storage import atomic_path
@@ -21,7 +21,6 @@ from tasks.workspace import StepResult, Workspace
 
 CAPTION_NAME = "caption.txt"
 _loaded: dict[str, tuple] = {}
-_lock = threading.Lock()
 
 
 def load_captioner(profile: str):
@@ -29,7 +28,7 @@ def load_captioner(profile: str):
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     source = model_source("caption", profile)
-    with _lock:
+    with MODEL_LOCK:
         if source not in _loaded:
             rt = runtime()
             model = BlipForConditionalGeneration.from_pretrained(source, dtype=rt.dtype).to(rt.device).eval()

@@ -141,13 +141,16 @@ def tiny_cache_dir() -> Path:
     return get_settings().model_cache / f"tiny-{hashlib.sha256(source).hexdigest()[:10]}"
 
 
-_build_lock = threading.Lock()
+# One lock for every model build and load in the process: transformers and diffusers create
+# modules on the "meta" device inside a context that patches torch globally, so two loads in
+# two threads can leave one model with weights that were never materialised.
+MODEL_LOCK = threading.RLock()
 
 
 def ensure_tiny_model(modality: str) -> Path:
     """Build and save the tiny pipeline (or captioner) once; later calls return its folder."""
     target = tiny_cache_dir() / modality
-    with _build_lock:
+    with MODEL_LOCK:
         if target.is_dir():  # complete: it is renamed into place only once fully saved
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +226,6 @@ class LoadedPipeline:
 
 
 _loaded: dict[tuple, LoadedPipeline] = {}
-_load_lock = threading.Lock()
 
 
 def _quiet_libraries() -> None:
@@ -241,7 +243,7 @@ def load_pipeline(modality: Modality, profile: str) -> LoadedPipeline:
     source = model_source(modality, profile)
     rt = runtime()
     key = (modality, source, rt.device, rt.dtype_name)
-    with _load_lock:
+    with MODEL_LOCK:
         if key in _loaded:
             return _loaded[key]
         _quiet_libraries()

@@ -17,13 +17,12 @@ from prefect import task
 
 from tasks.disclosure import png_info
 from tasks.errors import UserError
-from tasks.models import model_source, runtime
+from tasks.models import MODEL_LOCK, model_source, runtime
 from tasks.progress import tracked
 from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
 
 _loaded: dict[str, tuple] = {}
-_lock = threading.Lock()
 
 
 def safety_checker_folder(profile: str) -> str:
@@ -43,7 +42,7 @@ def load_safety_checker(profile: str):
     from transformers import CLIPImageProcessor
 
     root = safety_checker_folder(profile)
-    with _lock:
+    with MODEL_LOCK:
         if root not in _loaded:
             rt = runtime()
             checker = StableDiffusionSafetyChecker.from_pretrained(root, subfolder="safety_checker", dtype=rt.dtype)
