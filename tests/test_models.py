@@ -65,3 +65,42 @@ def test_full_profile_loads_a_local_folder_through_the_same_path(settings_env):
     assert model_source("sound", "full") == model_source("sound", "tiny")
     with pytest.raises(ModelNotAvailable, match="image model"):
         models.check_models_available("full")
+
+
+LOAD_IN_THREADS = """
+import threading
+import tasks.caption as caption, tasks.models as models, tasks.safety as safety
+for m in ("image", "sound", "video", "caption", "safety"):
+    models.model_source(m, "tiny")
+errors = []
+def run(load):
+    try:
+        load()
+    except Exception as err:
+        errors.append(repr(err))
+loads = [lambda m=m: models.load_pipeline(m, "tiny") for m in ("image", "sound", "video")]
+loads += [lambda: caption.load_captioner("tiny"), lambda: safety.load_safety_checker("tiny")]
+threads = [threading.Thread(target=run, args=(load,)) for load in loads]
+[t.start() for t in threads]
+[t.join() for t in threads]
+modules = [m for m, _, _ in caption._loaded.values()] + [c for c, _, _ in safety._loaded.values()]
+modules += [c for lp in models._loaded.values() for c in lp.pipe.components.values() if hasattr(c, "parameters")]
+meta = sum(p.is_meta for m in modules for p in m.parameters())
+print(len(errors), meta, len(modules))
+"""
+
+
+def test_models_load_safely_from_concurrent_threads():
+    """Loads in several threads at once (as the flow's tasks do) must leave no weight unmaterialised."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_THREADS], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors, meta, modules = map(int, result.stdout.split()[-3:])
+    assert (errors, meta) == (0, 0) and modules >= 10
