@@ -67,12 +67,13 @@ def test_a_killed_run_resumes_without_regenerating(tmp_path):
     """SIGKILL the command line once the generations are done; the next run makes none of them again."""
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
     args = [sys.executable, "-m", "flows.cli", "run", "--title", "Killed Midway", "--out", str(tmp_path)]
-    run = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group, so the kill takes Prefect's temporary server with it.
+    run = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     work = tmp_path / ".work"
     deadline = time.time() + 300
     while time.time() < deadline and run.poll() is None:
         if all(list(work.glob(f"{kind}/*/result.json")) for kind in ("cover", "sound", "video")):
-            run.send_signal(signal.SIGKILL)
+            os.killpg(run.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
     run.wait(timeout=60)
