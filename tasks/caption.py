@@ -25,11 +25,11 @@ _loaded: dict[str, tuple] = {}
 
 def load_captioner(profile: str):
     """BLIP model and processor, loaded once per process (the same from_pretrained path for both profiles)."""
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
     source = model_source("caption", profile)
     with MODEL_LOCK:
         if source not in _loaded:
+            from transformers import BlipForConditionalGeneration, BlipProcessor
+
             rt = runtime()
             model = BlipForConditionalGeneration.from_pretrained(source, dtype=rt.dtype).to(rt.device).eval()
             _loaded[source] = (model, BlipProcessor.from_pretrained(source), threading.Lock())

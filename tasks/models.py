@@ -9,6 +9,7 @@ A loaded pipeline is kept for the life of the process and reused.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import logging
 import os
@@ -147,6 +148,13 @@ def tiny_cache_dir() -> Path:
 MODEL_LOCK = threading.RLock()
 
 
+def lazy_import(module: str, name: str):
+    """`from module import name` under MODEL_LOCK. diffusers and transformers import their names
+    lazily and not thread-safely: resolving one while another thread imports can raise ImportError."""
+    with MODEL_LOCK:
+        return getattr(importlib.import_module(module), name)
+
+
 def ensure_tiny_model(modality: str) -> Path:
     """Build and save the tiny pipeline (or captioner) once; later calls return its folder."""
     target = tiny_cache_dir() / modality
@@ -247,9 +255,7 @@ def load_pipeline(modality: Modality, profile: str) -> LoadedPipeline:
         if key in _loaded:
             return _loaded[key]
         _quiet_libraries()
-        import diffusers
-
-        cls = getattr(diffusers, ENGINES[modality].pipeline_class)
+        cls = lazy_import("diffusers", ENGINES[modality].pipeline_class)
         kwargs = {"dtype": rt.dtype}
         if modality == "image":  # the safety checker is not part of generation here
             kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -280,12 +286,10 @@ def _place(pipe, modality: Modality, rt: Runtime):
 
 def use_scheduler(pipe, name: str) -> None:
     """Swap the pipeline's scheduler for the named one, keeping the model's noise schedule."""
-    import diffusers
-
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls_name, extra = SCHEDULERS[name]
-    cls = getattr(diffusers, cls_name)
+    cls = lazy_import("diffusers", cls_name)
     if type(pipe.scheduler) is cls and all(pipe.scheduler.config.get(k) == v for k, v in extra.items()):
         return
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
@@ -293,6 +297,4 @@ def use_scheduler(pipe, name: str) -> None:
 
 def load_tokenizer(modality: Modality, profile: str):
     """The pipeline's own tokenizer, without loading its models (for counting prompt tokens)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_source(modality, profile), subfolder="tokenizer")
+    return lazy_import("transformers", "AutoTokenizer").from_pretrained(model_source(modality, profile), subfolder="tokenizer")

@@ -17,7 +17,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.brief import Brief
-from tasks.models import Modality, load_tokenizer
+from tasks.models import MODEL_LOCK, Modality, lazy_import, load_tokenizer
 from tasks.settings import get_settings
 
 # Terms in priority order: when the context is short, the last ones are dropped first.
@@ -158,9 +158,8 @@ _KIND = {"image": "a book cover illustration", "sound": "a sound effect", "video
 
 @lru_cache(maxsize=2)
 def _generator(model: str):
-    from transformers import pipeline
-
-    return pipeline("text-generation", model=model)
+    with MODEL_LOCK:
+        return lazy_import("transformers", "pipeline")("text-generation", model=model)
 
 
 def looks_degenerate(original: str, text: str) -> bool:

@@ -38,12 +38,12 @@ def safety_checker_folder(profile: str) -> str:
 
 def load_safety_checker(profile: str):
     """(checker, image processor, lock), loaded once per process."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPImageProcessor
-
     root = safety_checker_folder(profile)
     with MODEL_LOCK:
-        if root not in _loaded:
+        if root not in _loaded:  # imported under the lock too: see models.lazy_import
+            from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+            from transformers import CLIPImageProcessor
+
             rt = runtime()
             checker = StableDiffusionSafetyChecker.from_pretrained(root, subfolder="safety_checker", dtype=rt.dtype)
             processor = CLIPImageProcessor.from_pretrained(root, subfolder="feature_extractor")

@@ -122,10 +122,9 @@ class Trace(StepResult):
 def trace_diffusion(cover: StepResult, profile: str, workspace: Workspace, seed: int = 0) -> Trace:
     """Filmstrips of the forward (noising) and reverse (denoising) process, and the noise schedule."""
     import torch
-    from diffusers import DDPMScheduler
 
     from tasks.image import REVERSE_TRACE_NAME
-    from tasks.models import load_pipeline
+    from tasks.models import lazy_import, load_pipeline
 
     step = workspace.step("trace", {"cover": cover.key, "profile": profile, "seed": seed}, sys.modules[__name__])
     with tracked("trace") as stage:
@@ -135,7 +134,7 @@ def trace_diffusion(cover: StepResult, profile: str, workspace: Workspace, seed:
         loaded = load_pipeline("image", profile)
         pipe = loaded.pipe
         # The forward process uses the model's training noise schedule (its betas), whatever sampler made it.
-        noising = DDPMScheduler.from_config(pipe.scheduler.config)
+        noising = lazy_import("diffusers", "DDPMScheduler").from_config(pipe.scheduler.config)
         with Image.open(cover.path) as im:
             image = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1
         with loaded.lock, torch.inference_mode():
