@@ -10,17 +10,17 @@ from flows.generate import dispatch_generations
 from tasks.artifacts import publish_summary
 from tasks.audio import generate_sound, normalise_sound
 from tasks.brief import Brief
-from tasks.caption import caption_cover
+from tasks.caption import caption_cover, load_captioner
 from tasks.cover import check_title_fits, title_cover
 from tasks.generation import resolve_job
 from tasks.image import generate_cover
 from tasks.manifest import TINY_NOTE, write_manifest
-from tasks.models import ENGINES, check_models_available
+from tasks.models import ENGINES, check_models_available, load_pipeline
 from tasks.policy import check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
-from tasks.safety import check_cover_safety, safety_checker_folder
+from tasks.safety import check_cover_safety, load_safety_checker, safety_checker_folder
 from tasks.settings import get_settings
 from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
 from tasks.trace import trace_diffusion
@@ -51,6 +51,15 @@ def preflight(brief: Brief, storage: str | None = None) -> None:
         check_bucket(parse_s3_url(storage))
 
 
+def load_models(brief: Brief) -> None:
+    """Load every model the bundle uses into this process ahead of its run; the tasks reuse them."""
+    for modality in ENGINES:
+        load_pipeline(modality, brief.models)
+    load_captioner(brief.models)
+    if get_settings().safety == "on":
+        load_safety_checker(brief.models)
+
+
 def _finish_cover(cover, brief: Brief, workspace: Workspace) -> tuple[dict, dict]:
     """The safety check, then title, caption and trace from the cover that passed it.
 
@@ -75,6 +84,31 @@ def _finish_cover(cover, brief: Brief, workspace: Workspace) -> tuple[dict, dict
     notes["cover_caption"] = caption.result().model_dump(include={"text", "shared_words", "flagged"})
     assets = {"cover": _result(published), "cover_titled": titled, **(trace.result().assets() if trace else {})}
     return assets, notes
+
+
+def gather(generated: dict, cover_assets: dict, notes: dict, normalised, muxed, poster, prompt_seconds: float):
+    """Every finished step as (assets by role, notes, timings) for the manifest."""
+    assets = {
+        **cover_assets,
+        "sound_raw": generated["sound"],
+        "sound": normalised,
+        "video": generated["video"],
+        "video_with_sound": muxed,
+        "poster": poster,
+    }
+    timings = {"prompts": prompt_seconds}
+    for name, modality in (("cover", "image"), ("sound", "sound"), ("video", "video")):
+        timings[f"{name}_load"], timings[name] = generated[modality].load_seconds, generated[modality].generate_seconds
+    timings |= {"normalise": normalised.seconds, "mux": muxed.seconds}
+    if "cover_titled" in assets:
+        timings["title"] = assets["cover_titled"].seconds
+    notes = notes | {
+        "sound": normalised.model_dump(
+            include={"sample_rate", "duration", "loudness_lufs", "true_peak_dbtp", "gain_db", "limited"}
+        ),
+        "mux": {"audio_fit": muxed.audio_fit},
+    }
+    return assets, notes, timings
 
 
 @flow(name="asset-bundle", flow_run_name="{brief.title}")
@@ -113,26 +147,9 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     cover_assets, notes = _finish_cover(cover, brief, workspace)
 
     generated = {"image": _result(cover), "sound": _result(sound), "video": _result(video)}
-    assets = {
-        **cover_assets,
-        "sound_raw": generated["sound"],
-        "sound": normalised.result(),
-        "video": generated["video"],
-        "video_with_sound": muxed.result(),
-        "poster": poster.result(),
-    }
-    timings = {"prompts": prompt_stage.seconds}
-    for name, modality in (("cover", "image"), ("sound", "sound"), ("video", "video")):
-        timings[f"{name}_load"], timings[name] = generated[modality].load_seconds, generated[modality].generate_seconds
-    timings |= {"normalise": assets["sound"].seconds, "mux": assets["video_with_sound"].seconds}
-    if "cover_titled" in assets:
-        timings["title"] = assets["cover_titled"].seconds
-    notes |= {
-        "sound": assets["sound"].model_dump(
-            include={"sample_rate", "duration", "loudness_lufs", "true_peak_dbtp", "gain_db", "limited"}
-        ),
-        "mux": {"audio_fit": assets["video_with_sound"].audio_fit},
-    }
+    assets, notes, timings = gather(
+        generated, cover_assets, notes, normalised.result(), muxed.result(), poster.result(), prompt_stage.seconds
+    )
     timings["total_before_store"] = time.perf_counter() - started
 
     with tracked("manifest"):

@@ -23,9 +23,11 @@ os.environ["HF_HOME"] = str(_SESSION_HOME / "hf")  # an empty Hugging Face cache
 @pytest.fixture(scope="session")
 def prefect_api():
     """One Prefect test server for the whole session (it takes seconds to start)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Heartbeats cost up to 1 s per flow run (see flows/local_prefect.py); Prefect's own tests turn them off too.
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

@@ -1,0 +1,97 @@
+"""Prefect for a flow run started from the command line, in this process.
+
+Two things Prefect does by default cost a command-line run more than its work does (measured on a
+2-core machine, see BENCHMARKS.md):
+
+- With no API configured, Prefect's ephemeral mode first imports its whole server into this
+  process (about 5 s), then starts a server subprocess and waits for it (about 5 s more), and only
+  then runs the flow. Here the same server subprocess (uvicorn with Prefect's app factory, as
+  Prefect starts it) is started first, and the models load while it comes up.
+- Flow-run heartbeats (on by default since Prefect 3.7, for finding crashed deployment runs) are
+  stopped at the end of each run by joining a thread that sleeps in 1 s steps: up to a second per
+  flow run, and per bundle in a batch. A command-line run is watched by the person who started it,
+  so they are off unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set. Workers keep them.
+
+With PREFECT_API_URL configured (a server or Prefect Cloud), runs go there as always.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from tasks.errors import UserError
+
+STARTUP_TIMEOUT_S = 90.0
+
+
+class TemporaryServer:
+    """A Prefect API server in a subprocess, for this process's runs only."""
+
+    def __init__(self) -> None:
+        from prefect.settings import get_current_settings
+
+        with socket.socket() as probe:  # a free port; Prefect picks its own the same way
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        env = os.environ | get_current_settings().to_environment_variables(exclude_unset=True)
+        env |= {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UserError(f"the temporary Prefect server exited: {self.process.stderr.read()[-500:].strip()}")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise UserError(f"the temporary Prefect server did not answer within {timeout:.0f} s; start one with "
+                        "`prefect server start` and set PREFECT_API_URL")  # fmt: skip
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@contextmanager
+def local_prefect() -> Iterator[TemporaryServer | None]:
+    """Settings for in-process runs; a temporary server (started, maybe not ready) when none is configured.
+
+    Call `wait_ready()` on the server before the first flow run.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    updates: dict = {}
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    server = None if get_current_settings().api.url else TemporaryServer()
+    if server:
+        updates[PREFECT_API_URL] = server.api_url
+    try:
+        with temporary_settings(updates=updates):
+            yield server
+    finally:
+        if server:
+            server.stop()

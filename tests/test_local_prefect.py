@@ -1,0 +1,59 @@
+"""Command-line runs: a temporary Prefect server started ahead of the models, heartbeats off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = """
+import os
+from prefect import flow
+from prefect.settings import get_current_settings
+from flows.local_prefect import local_prefect
+
+@flow
+def answer():
+    return 42
+
+with local_prefect() as server:
+    assert server is not None, "no API configured: a temporary server is expected"
+    server.wait_ready()
+    print("value", answer())
+    print("heartbeat", get_current_settings().flows.heartbeat_frequency)
+    print("api", get_current_settings().api.url == server.api_url)
+print("exited", server.process.poll() is not None)
+"""
+
+
+def run_script(tmp_path: Path, **env) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    environ |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(Path(__file__).parents[1]), **env}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=environ, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+
+
+def test_a_temporary_server_serves_the_run_and_is_stopped_after(tmp_path):
+    seen = run_script(tmp_path)
+    assert seen == {"value": "42", "heartbeat": "None", "api": "True", "exited": "True"}
+
+
+def test_heartbeats_set_by_the_user_are_kept(tmp_path):
+    assert run_script(tmp_path, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60")["heartbeat"] == "60"
+
+
+def test_a_server_that_dies_at_start_gives_one_clear_error():
+    from flows import local_prefect
+    from tasks.errors import UserError
+
+    server = local_prefect.TemporaryServer.__new__(local_prefect.TemporaryServer)
+    server.api_url = "http://127.0.0.1:9/api"
+    server.process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.exit('address already in use')"], stderr=subprocess.PIPE, text=True
+    )
+    with pytest.raises(UserError, match="temporary Prefect server exited: address already in use"):
+        server.wait_ready(timeout=30)
