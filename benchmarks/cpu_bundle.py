@@ -80,14 +80,15 @@ def worker(folder: Path, seeds: list[int], batch: int) -> dict:
     from benchmarks.plain_bundle import plain_bundle
     from flows.batch import asset_bundle_batch
     from flows.bundle import asset_bundle
+    from flows.local_prefect import local_prefect
     from tasks import progress
     from tasks.brief import parse_brief
 
     stages: dict[str, list[float]] = {}
-    recording = False
+    recording = [False]
 
     def record(stage: progress.Stage) -> None:
-        if recording and stage.status == "done" and stage.detail != "reused":
+        if recording[0] and stage.status == "done" and stage.detail != "reused":
             stages.setdefault(stage.name, []).append(stage.seconds)
 
     progress.add_listener(record)
@@ -100,23 +101,26 @@ def worker(folder: Path, seeds: list[int], batch: int) -> dict:
         make(brief(seed), out=str(folder / "bundles"))
         return time.perf_counter() - started
 
-    first = timed(asset_bundle, seeds[0])
-    recording = True
-    flow_s, plain_s = [], []
-    for i, seed in enumerate(seeds[1:]):
-        # Alternate which goes first, so neither always runs on a warmer machine.
-        order = [(asset_bundle, flow_s, 1), (plain_bundle, plain_s, 2)][:: 1 if i % 2 == 0 else -1]
-        for make, into, kind in order:
-            into.append(timed(make, seed * 10 + kind))  # a seed of its own: nothing reused
-    recording = False
+    with local_prefect() as server:  # as `genbundle run` does: its own server, heartbeats off
+        if server:
+            server.wait_ready()
+        first = timed(asset_bundle, seeds[0])
+        recording[0] = True
+        flow_s, plain_s = [], []
+        for i, seed in enumerate(seeds[1:]):
+            # Alternate which goes first, so neither always runs on a warmer machine.
+            order = [(asset_bundle, flow_s, 1), (plain_bundle, plain_s, 2)][:: 1 if i % 2 == 0 else -1]
+            for make, into, kind in order:
+                into.append(timed(make, seed * 10 + kind))  # a seed of its own: nothing reused
+        recording[0] = False
 
-    briefs_file = folder / "briefs.jsonl"
-    first_batch_seed = 10_000 + max(seeds)
-    briefs_file.write_text("".join(json.dumps(TITLE | {"seed": first_batch_seed + i}) + "\n" for i in range(batch)))
-    started = time.perf_counter()
-    state = asset_bundle_batch(str(briefs_file), out=str(folder / "bundles"), return_state=True)
-    batch_s = time.perf_counter() - started
-    report = state.result(raise_on_failure=False)
+        briefs_file = folder / "briefs.jsonl"
+        first_batch_seed = 10_000 + max(seeds)
+        briefs_file.write_text("".join(json.dumps(TITLE | {"seed": first_batch_seed + i}) + "\n" for i in range(batch)))
+        started = time.perf_counter()
+        state = asset_bundle_batch(str(briefs_file), out=str(folder / "bundles"), return_state=True)
+        batch_s = time.perf_counter() - started
+        report = state.result(raise_on_failure=False)
     import resource
 
     return {

@@ -54,6 +54,7 @@ class Engine(BaseModel):
     seed: int
     dtype: str
     device: str
+    memory: str = "cpu"  # where the weights lived: cpu, gpu, model_offload or sequential_offload
     energy: Energy | None = None  # the generation's seconds and Wh, measured or estimated
 
 
@@ -156,6 +157,7 @@ def run_generation(job: Job, call: Callable[[object, object, Callable[[int], Non
         seed=job.seed,
         dtype=rt.dtype_name,
         device=rt.device,
+        memory=loaded.memory,
         energy=energy[0],
     )
     return output, engine, load_seconds, generate_seconds

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tasks import tiny_models
+from tasks import acceleration, tiny_models
 from tasks.errors import UserError
 from tasks.settings import get_settings
 
@@ -122,7 +122,7 @@ _runtime: Runtime | None = None
 
 
 def runtime() -> Runtime:
-    """Device and dtype, chosen once per process: CUDA half precision when present, else CPU fp32."""
+    """Device and dtype, chosen once per process: CUDA in GENBUNDLE_DTYPE when present, else CPU float32."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
@@ -132,7 +132,7 @@ def runtime() -> Runtime:
             use_cuda = torch.cuda.is_available() and wanted != "cpu"
             if wanted == "cuda" and not use_cuda:
                 raise ModelNotAvailable("GENBUNDLE_DEVICE=cuda but no CUDA device is visible; set it to auto or cpu")
-            _runtime = Runtime("cuda", "float16") if use_cuda else Runtime("cpu", "float32")
+            _runtime = Runtime("cuda", get_settings().dtype) if use_cuda else Runtime("cpu", "float32")
         return _runtime
 
 
@@ -231,6 +231,7 @@ class LoadedPipeline:
     pipe: object
     source: str
     lock: threading.Lock  # one generation at a time per pipeline: schedulers are swapped per call
+    memory: str  # the memory policy it was placed with (tasks/acceleration.py)
 
 
 _loaded: dict[tuple, LoadedPipeline] = {}
@@ -261,27 +262,11 @@ def load_pipeline(modality: Modality, profile: str) -> LoadedPipeline:
             kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         logging.getLogger(__name__).debug("loading %s from %s", cls.__name__, source)
         pipe = cls.from_pretrained(source, **kwargs)
-        pipe = _place(pipe, modality, rt)
+        memory = acceleration.place(pipe, modality, rt.device)
         pipe.set_progress_bar_config(disable=True)
-        loaded = LoadedPipeline(pipe, source, threading.Lock())
+        loaded = LoadedPipeline(pipe, source, threading.Lock(), memory)
         _loaded[key] = loaded
         return loaded
-
-
-def _place(pipe, modality: Modality, rt: Runtime):
-    """Move to the device; on a small GPU, offload instead (offload replaces .to, never follows it)."""
-    if rt.device != "cuda":
-        return pipe
-    import torch
-
-    vram_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    if vram_gib < 12:
-        pipe.enable_model_cpu_offload()
-    else:
-        pipe.to("cuda")
-    if modality == "video":
-        pipe.vae.enable_slicing()
-    return pipe
 
 
 def use_scheduler(pipe, name: str) -> None:

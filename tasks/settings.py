@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     video_model: str = Field("cerspense/zeroscope_v2_576w", description="Hub id or local folder.")
     caption_model: str = Field("Salesforce/blip-image-captioning-base", description="BLIP captioner: hub id or folder.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The CUDA fast path (tasks/acceleration.py); the CPU always runs float32, whole, uncompiled.
+    dtype: Literal["float16", "bfloat16"] = Field("float16", description="Precision of the pipelines on CUDA.")
+    memory: Literal["auto", "gpu", "model_offload", "sequential_offload"] = Field(
+        "auto", description="Where the weights live on CUDA; auto picks by the GPU's memory."
+    )
+    compile: bool = Field(False, description="torch.compile the denoiser: slower first run, faster after.")
     prompt_model: str | None = Field(
         None, description="Optional transformers text-generation model (hub id or folder) that rewrites prompts."
     )

@@ -1,0 +1,82 @@
+"""The fast path on CUDA: where the weights live, memory layout, attention, compilation.
+
+A pipeline arrives here loaded in its runtime precision (float16 by default, GENBUNDLE_DTYPE
+for bfloat16) and leaves placed on the device. On the CPU nothing changes: float32, whole.
+
+The memory policy is chosen by the GPU memory free when the pipeline is placed:
+- `gpu`: the whole pipeline on the GPU (fastest);
+- `model_offload`: each model moves to the GPU only while it runs (accelerate hooks);
+- `sequential_offload`: each layer moves to the GPU only while it runs (slowest, least memory).
+Offload is enabled instead of `.to("cuda")`, never after it: a pipeline already on the GPU keeps
+its weights there.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tasks.settings import get_settings
+
+# Before torch's CUDA allocator starts: segments that grow in place instead of fragmenting when
+# three pipelines of different shapes share one GPU. A value the user set is kept.
+if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+    os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+
+GIB = 2**30
+# Room for activations beyond the weights, per modality, at the full profile's default sizes.
+HEADROOM = {"image": 2 * GIB, "sound": 1 * GIB, "video": 4 * GIB}
+POLICIES = ("gpu", "model_offload", "sequential_offload")
+
+
+def weight_bytes(pipe) -> tuple[int, int]:
+    """(all weights, the largest model's weights) of a pipeline, in bytes."""
+    sizes = [
+        sum(p.numel() * p.element_size() for p in component.parameters())
+        for component in pipe.components.values()
+        if hasattr(component, "parameters")
+    ]
+    return sum(sizes), max(sizes, default=0)
+
+
+def choose_memory_policy(total: int, largest: int, headroom: int, free: int) -> str:
+    """The fastest policy that fits: all weights, else the largest model, plus activations, in `free` bytes."""
+    if total + headroom <= free:
+        return "gpu"
+    if largest + headroom <= free:
+        return "model_offload"
+    return "sequential_offload"
+
+
+def place(pipe, modality: str, device: str) -> str:
+    """Put the pipeline on its device with the fast path applied; returns the memory policy used."""
+    if device != "cuda":
+        return "cpu"
+    import torch
+
+    settings = get_settings()
+    policy = settings.memory
+    if policy == "auto":
+        free, _ = torch.cuda.mem_get_info()
+        policy = choose_memory_policy(*weight_bytes(pipe), HEADROOM[modality], free)
+    torch.backends.cudnn.benchmark = True  # fixed shapes per pipeline: the fastest convolution once found
+    if policy == "gpu":
+        pipe.to("cuda")
+    elif policy == "model_offload":
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.enable_sequential_cpu_offload()
+    if modality != "video":  # 4-D activations: NHWC suits the tensor cores' convolutions
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if modality == "video":  # 24 frames decoded at once would need several GiB: one at a time
+        pipe.vae.enable_slicing()
+        if policy == "sequential_offload":
+            pipe.vae.enable_tiling()
+    if settings.compile and policy == "gpu":  # offload hooks move weights mid-graph: not compiled then
+        pipe.unet.compile()
+    return policy
+
+
+def attention_processors(pipe) -> set[str]:
+    """Class names of the denoiser's attention processors (AttnProcessor2_0 is PyTorch SDPA)."""
+    return {type(p).__name__ for p in pipe.unet.attn_processors.values()}

@@ -1,0 +1,40 @@
+"""The CUDA fast path's decisions, checked where they can be without a GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.acceleration import GIB, HEADROOM, choose_memory_policy
+
+# Zeroscope v2 576w in float16: UNet3D 1.41 G parameters, all three models 1.84 G (benchmarks/configs).
+VIDEO_TOTAL, VIDEO_UNET = 2 * 1_835_275_563, 2 * 1_411_233_860
+
+
+def test_memory_policy_follows_the_free_gpu_memory():
+    headroom = HEADROOM["video"]
+    assert choose_memory_policy(VIDEO_TOTAL, VIDEO_UNET, headroom, free=78 * GIB) == "gpu"  # an H100
+    assert choose_memory_policy(VIDEO_TOTAL, VIDEO_UNET, headroom, free=7 * GIB) == "model_offload"
+    assert choose_memory_policy(VIDEO_TOTAL, VIDEO_UNET, headroom, free=5 * GIB) == "sequential_offload"
+
+
+def test_tiny_pipelines_use_pytorch_sdpa_attention_and_stay_whole_on_the_cpu():
+    from tasks.acceleration import attention_processors
+    from tasks.models import load_pipeline
+
+    for modality in ("image", "sound", "video"):
+        loaded = load_pipeline(modality, "tiny")
+        assert attention_processors(loaded.pipe) == {"AttnProcessor2_0"}, modality
+        assert loaded.memory == "cpu"
+
+
+def test_expandable_segments_are_set_before_torch_allocates_and_a_user_setting_wins():
+    code = "import tasks.acceleration, os; print(os.environ.get('PYTORCH_ALLOC_CONF'))"
+    env = {k: v for k, v in os.environ.items() if "ALLOC_CONF" not in k} | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    run = lambda **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env=env | extra, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert run() == "expandable_segments:True"
+    assert run(PYTORCH_CUDA_ALLOC_CONF="max_split_size_mb:128") == "None"
