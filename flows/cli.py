@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import sys
 import threading
@@ -166,10 +167,11 @@ def _print_links(console, url: str, names: list[str]) -> None:
 
 
 def _quietly(function, *args) -> None:
+    """Run a head start (see cmd_run); its failure is reported where the work itself fails."""
     try:
         function(*args)
-    except Exception:  # noqa: BLE001  (see the caller)
-        pass
+    except Exception as err:  # noqa: BLE001
+        logging.getLogger(__name__).debug("head start failed: %r", err)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

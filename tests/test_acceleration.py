@@ -33,7 +33,7 @@ def test_tiny_pipelines_use_pytorch_sdpa_attention_and_stay_whole_on_the_cpu():
 def test_expandable_segments_are_set_before_torch_allocates_and_a_user_setting_wins():
     code = "import tasks.acceleration, os; print(os.environ.get('PYTORCH_ALLOC_CONF'))"
     env = {k: v for k, v in os.environ.items() if "ALLOC_CONF" not in k} | {"PYTHONPATH": str(Path(__file__).parents[1])}
-    run = lambda **extra: subprocess.run(  # noqa: E731
+    run = lambda **extra: subprocess.run(
         [sys.executable, "-c", code], env=env | extra, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert run() == "expandable_segments:True"

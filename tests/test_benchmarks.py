@@ -16,7 +16,7 @@ def test_plain_bundle_makes_the_same_bundle_as_the_flow(tiny_bundle, tmp_path):
     plain_manifest = json.loads((plain / "bundle.json").read_text())
 
     assert plain.name == tiny_bundle.name  # same bundle id: same brief
-    roles = lambda m: {(a["role"], a["name"]) for a in m["assets"]}  # noqa: E731
+    roles = lambda m: {(a["role"], a["name"]) for a in m["assets"]}
     assert roles(plain_manifest) == roles(flow_manifest)
     assert plain_manifest["post_processing"].keys() == flow_manifest["post_processing"].keys()
     assert set(plain_manifest["steps"].values()) == {"made"}  # made again, in a new work area
