@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 # torch first and pinned: it is the CPU build on this machine kind's disk; an unpinned torch
-# would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# would pull a multi-GB CUDA build. constraints.txt holds the exact set CI tests.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 run: install

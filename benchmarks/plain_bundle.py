@@ -11,19 +11,14 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from flows.bundle import _font, gather, preflight
+from flows.bundle import finish_cover, gather, preflight
 from tasks.audio import generate_sound, normalise_sound
 from tasks.brief import Brief
-from tasks.caption import caption_cover
-from tasks.cover import title_cover
 from tasks.generation import resolve_job
 from tasks.image import generate_cover
 from tasks.manifest import write_manifest
 from tasks.prompts import expand_prompts
-from tasks.safety import check_cover_safety
-from tasks.settings import get_settings
 from tasks.storage import bundle_id, store_bundle
-from tasks.trace import trace_diffusion
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
 from tasks.workspace import Workspace
 
@@ -47,7 +42,7 @@ def plain_bundle(brief: Brief, out: str) -> str:
         )
         muxed = pool.submit(lambda: mux_sound_onto_video.fn(video.result(), normalised.result(), workspace))
         poster = pool.submit(lambda: make_poster.fn(video.result(), workspace))
-        cover_assets, notes = _finish_cover(pool, cover.result(), brief, workspace)
+        cover_assets, notes = finish_cover(cover.result(), brief, workspace, lambda task, *a: pool.submit(task.fn, *a))
         generated = {"image": cover.result(), "sound": sound.result(), "video": video.result()}
         assets, notes, timings = gather(
             generated, cover_assets, notes, normalised.result(), muxed.result(), poster.result(), prompt_seconds
@@ -56,24 +51,3 @@ def plain_bundle(brief: Brief, out: str) -> str:
     manifest = write_manifest.fn(bundle_id(brief), brief, prompts, generated, assets, notes, timings)
     files = {a["name"]: assets[a["role"]].path for a in manifest["assets"]}
     return store_bundle.fn(manifest, files, out)
-
-
-def _finish_cover(pool: ThreadPoolExecutor, cover, brief: Brief, workspace: Workspace) -> tuple[dict, dict]:
-    """flows.bundle._finish_cover with threads for Prefect's task submissions."""
-    settings, notes, published, flagged = get_settings(), {}, cover, False
-    if settings.safety == "on":
-        verdict = check_cover_safety.fn(cover, brief.models, workspace, settings.safety_action)
-        notes["safety"] = verdict.model_dump(include={"checker", "flagged", "action", "applied"})
-        if verdict.applied == "dropped":
-            return {}, notes
-        published, flagged = verdict, verdict.flagged
-    titled = pool.submit(title_cover.fn, published, workspace, brief.title, brief.author, brief.tagline, _font(brief))
-    caption = pool.submit(caption_cover.fn, published, brief.cover.prompt, brief.models, workspace)
-    wants_trace = brief.trace and not flagged
-    trace = pool.submit(trace_diffusion.fn, cover, brief.models, workspace, brief.seed) if wants_trace else None
-    notes["cover_title"] = titled.result().model_dump(
-        include={"band", "box", "text_color", "scrim_alpha", "contrast", "title_size", "lines"}
-    )
-    notes["cover_caption"] = caption.result().model_dump(include={"text", "shared_words", "flagged"})
-    assets = {"cover": published, "cover_titled": titled.result(), **(trace.result().assets() if trace else {})}
-    return assets, notes

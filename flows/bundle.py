@@ -16,14 +16,14 @@ from tasks.generation import resolve_job
 from tasks.image import generate_cover
 from tasks.manifest import TINY_NOTE, write_manifest
 from tasks.models import ENGINES, check_models_available, load_pipeline
-from tasks.policy import check_prompt_policy
+from tasks.policy import check_jobs, check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
 from tasks.safety import check_cover_safety, load_safety_checker, safety_checker_folder
 from tasks.settings import get_settings
-from tasks.storage import bundle_id, storage_target, store_bundle, upload_bundle
-from tasks.trace import trace_diffusion
+from tasks.storage import bundle_id, out_root, storage_target, store_bundle, upload_bundle
+from tasks.trace import TRACE_ROLES, trace_diffusion
 from tasks.video import generate_video, make_poster, mux_sound_onto_video
 from tasks.workspace import Workspace
 
@@ -60,34 +60,46 @@ def load_models(brief: Brief) -> None:
         load_safety_checker(brief.models)
 
 
-def _finish_cover(cover, brief: Brief, workspace: Workspace) -> tuple[dict, dict]:
+def _submit_task(task, *args):
+    return task.submit(*args)
+
+
+def finish_cover(cover, brief: Brief, workspace: Workspace, submit=_submit_task) -> tuple[dict, dict]:
     """The safety check, then title, caption and trace from the cover that passed it.
 
     Returns (assets by role, notes for the manifest); a cover dropped by the safety action
-    leaves no cover assets at all.
+    leaves no cover assets at all. `submit(task, *args)` starts a task and returns its future:
+    Prefect's task runs here, threads in the plain-function benchmark.
     """
     settings, notes, published, flagged = get_settings(), {}, cover, False
     if settings.safety == "on":
-        verdict = check_cover_safety(cover, brief.models, workspace, settings.safety_action)
-        notes["safety"] = verdict.model_dump(include={"checker", "flagged", "action", "applied"})
+        verdict = submit(check_cover_safety, cover, brief.models, workspace, settings.safety_action).result()
+        notes["safety"] = verdict.model_dump(include={"checker", "flagged", "action", "applied", "compute", "reused"})
         if verdict.applied == "dropped":
             return {}, notes
         published, flagged = verdict, verdict.flagged
-    titled = title_cover.submit(published, workspace, brief.title, brief.author, brief.tagline, _font(brief))
-    caption = caption_cover.submit(published, brief.cover.prompt, brief.models, workspace)
+    titled = submit(title_cover, published, workspace, brief.title, brief.author, brief.tagline, _font(brief))
+    caption = submit(caption_cover, published, brief.cover.prompt, brief.models, workspace)
     # The trace pictures the generation itself, so it would show a flagged cover unblurred: left out then.
-    trace = trace_diffusion.submit(cover, brief.models, workspace, brief.seed) if brief.trace and not flagged else None
+    wants_trace = brief.trace and not flagged
+    trace = submit(trace_diffusion, cover, brief.models, workspace, brief.seed) if wants_trace else None
     titled = titled.result()
     notes["cover_title"] = titled.model_dump(
         include={"band", "box", "text_color", "scrim_alpha", "contrast", "title_size", "lines"}
     )
-    notes["cover_caption"] = caption.result().model_dump(include={"text", "shared_words", "flagged"})
+    notes["cover_caption"] = caption.result().model_dump(
+        include={"text", "shared_words", "flagged", "compute", "reused"}
+    )
     assets = {"cover": _result(published), "cover_titled": titled, **(trace.result().assets() if trace else {})}
     return assets, notes
 
 
 def gather(generated: dict, cover_assets: dict, notes: dict, normalised, muxed, poster, prompt_seconds: float):
-    """Every finished step as (assets by role, notes, timings) for the manifest."""
+    """Every finished step as (assets by role, notes, timings) for the manifest.
+
+    The timings stop before the manifest: it is written last and holds them, so writing and storing
+    it cannot be in it (the flow's `total_before_store` says where the clock stopped).
+    """
     assets = {
         **cover_assets,
         "sound_raw": generated["sound"],
@@ -99,12 +111,18 @@ def gather(generated: dict, cover_assets: dict, notes: dict, normalised, muxed, 
     timings = {"prompts": prompt_seconds}
     for name, modality in (("cover", "image"), ("sound", "sound"), ("video", "video")):
         timings[f"{name}_load"], timings[name] = generated[modality].load_seconds, generated[modality].generate_seconds
-    timings |= {"normalise": normalised.seconds, "mux": muxed.seconds}
+    timings |= {"normalise": normalised.seconds, "mux": muxed.seconds, "poster": poster.seconds}
     if "cover_titled" in assets:
         timings["title"] = assets["cover_titled"].seconds
+    for stage, note in (("caption", "cover_caption"), ("safety", "safety")):
+        if notes.get(note, {}).get("compute"):
+            timings[stage] = notes[note]["compute"]["seconds"]
+    traced = [assets[r].compute.seconds for r in TRACE_ROLES if r in assets and assets[r].compute]
+    if traced:
+        timings["trace"] = sum(traced)
     notes = notes | {
         "sound": normalised.model_dump(
-            include={"sample_rate", "duration", "loudness_lufs", "true_peak_dbtp", "gain_db", "limited"}
+            include={"sample_rate", "duration", "loudness_lufs", "true_peak_dbtp", "gain_db", "limited", "on_target"}
         ),
         "mux": {"audio_fit": muxed.audio_fit},
     }
@@ -124,6 +142,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     logger = get_run_logger()
     started = time.perf_counter()
     storage = storage_target(storage)
+    out = str(out_root(out, storage))  # a local storage setting is the same as --out
     preflight(brief, storage)
     workspace = Workspace.for_storage(out, storage)
     logger.info("bundle %s, models %s", bundle_id(brief), brief.models)
@@ -133,6 +152,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     with tracked("prompts") as prompt_stage:
         prompts = expand_prompts(brief)
     jobs = {m: resolve_job(brief, prompts, m) for m in ("image", "sound", "video")}
+    check_jobs(jobs.values())  # the prompts as expanded (or rewritten) are what the models get
 
     if dispatch:
         made = dispatch_generations({m: [job] for m, job in jobs.items()}, workspace)
@@ -144,7 +164,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     normalised = normalise_sound.submit(sound, workspace, brief.sound.loudness, brief.sound.true_peak)
     muxed = mux_sound_onto_video.submit(video, normalised, workspace)
     poster = make_poster.submit(video, workspace)
-    cover_assets, notes = _finish_cover(cover, brief, workspace)
+    cover_assets, notes = finish_cover(cover, brief, workspace)
 
     generated = {"image": _result(cover), "sound": _result(sound), "video": _result(video)}
     assets, notes, timings = gather(

@@ -62,8 +62,9 @@ def brief_from_args(args: argparse.Namespace):
             _set_dotted(data, key, value)
     for item in args.set or []:
         _set_dotted(data, *_parse_set(item))
-    data.setdefault("title", "The Glowing Forest")
-    data.setdefault("author", "Anonymous")
+    if not args.brief:  # flags only: the embedded sample brief, so `genbundle run` alone makes a bundle
+        data.setdefault("title", "The Glowing Forest")
+        data.setdefault("author", "Anonymous")
     return parse_brief(data)
 
 
@@ -124,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from tasks.storage import bundle_id, out_root, storage_target
 
         storage = storage_target(args.storage)
+        local = out_root(args.out, storage) / bundle_id(brief)  # a clash of --out and --storage ends here
         preflight(brief, storage)  # models there, title fits, bucket reachable: errors end here too
         # Load the models while the server starts; the flow's tasks find them loaded. A load that
         # fails here fails again in its task, which reports it.
@@ -144,7 +146,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             progress.remove_listener(listener)
 
-    local = out_root(args.out) / bundle_id(brief)
     table, manifest = _summary_table(local)
     console.print()
     console.print(table)

@@ -11,6 +11,13 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.s3 import UploadReport
 from tasks.storage import MANIFEST_NAME
 
+TRACE_PICTURES = {
+    "trace_forward.png": "forward process",
+    "trace_reverse.png": "reverse process",
+    "noise_schedule.png": "noise schedule",
+}
+PICTURES = {"cover_titled.png": "titled cover", **TRACE_PICTURES}  # embedded in the summary when uploaded
+
 
 def human_size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
@@ -40,15 +47,18 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
         f"Stored at `{upload.url if upload else location}`",
         "",
     ]
+    names = {a["name"] for a in manifest["assets"]}
     if upload:
-        for name, alt in (("cover_titled.png", "titled cover"), ("trace_forward.png", "forward process"),
-                          ("trace_reverse.png", "reverse process")):  # fmt: skip
+        for name, alt in PICTURES.items():
             if name in upload.links:
                 lines += [f"![{brief['title']}, {alt}]({upload.links[name]})", ""]
         lines += [
             f"Links below are presigned and expire after {upload.expires_in // 60} minutes. {upload.summary()}.",
             "",
         ]
+    elif traced := [name for name in TRACE_PICTURES if name in names]:
+        # An image artifact needs a URL the UI can fetch; a local file is not one, so say where they are.
+        lines += ["Diffusion trace pictures (local files): " + ", ".join(f"`{Path(location) / n}`" for n in traced), ""]
     caption = manifest.get("post_processing", {}).get("cover_caption")
     if caption:
         verdict = (
@@ -70,12 +80,13 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
         )
     compute = manifest.get("compute")
     if compute:
-        sources = sorted({e["source"] for e in compute["per_asset"].values()})
+        entries = [*compute["per_asset"].values(), *compute.get("per_step", {}).values()]
+        sources = sorted({f"{e.get('device', 'unknown')}: {e['source']}" for e in entries})
         lines += [
             "",
-            f"**Compute:** {sum(e['seconds'] for e in compute['per_asset'].values()):.1f} s, "
+            f"**Compute:** {sum(e['seconds'] for e in entries):.1f} s, "
             f"{compute['total_wh'] * 1000:.2f} mWh in all, {compute['this_run_wh'] * 1000:.2f} mWh this run "
-            f"({'; '.join(sources)})",
+            f"({'; '.join(sources)}). {compute.get('note', '')}".rstrip(),
         ]
     lines += ["", f"_{manifest['disclosure']}_"]
     return "\n".join(lines)

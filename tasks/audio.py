@@ -17,6 +17,7 @@ from prefect import task
 
 from tasks.disclosure import Disclosure, write_wav_tags
 from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
+from tasks.logs import run_logger
 from tasks.media import MediaError
 from tasks.progress import tracked
 from tasks.storage import atomic_path
@@ -152,6 +153,7 @@ class NormalisedSound(StepResult):
     true_peak_dbtp: float
     gain_db: float
     limited: bool
+    on_target: bool = True  # within 0.5 LU of the target; False when the ceiling held it lower
     seconds: float = 0.0
 
 
@@ -163,12 +165,11 @@ def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: 
     loudness = integrated_loudness(x, OUTPUT_RATE)
     if not np.isfinite(loudness) or loudness < -70:
         raise MediaError(f"the generated sound is silent ({loudness:.1f} LUFS); nothing to normalise")
-    total_gain_db, limited = 0.0, False
+    start_lufs, limited = loudness, False
     # Gain, limit, measure again: limiting lowers loudness a little, so a few rounds converge on target.
     for _ in range(8):
         gain_db = target_lufs - loudness
         x = x * 10 ** (gain_db / 20)
-        total_gain_db += gain_db
         if true_peak_db(x) > ceiling_dbtp - LIMITER_MARGIN_DB / 2:
             x = limit_peaks(x, OUTPUT_RATE, ceiling_dbtp - LIMITER_MARGIN_DB)
             limited = True
@@ -179,11 +180,18 @@ def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: 
     if peak > ceiling_dbtp - LIMITER_MARGIN_DB / 2:  # should not happen; never clip, even at loudness' cost
         x = x * 10 ** ((ceiling_dbtp - LIMITER_MARGIN_DB - peak) / 20)
         loudness, peak = integrated_loudness(x, OUTPUT_RATE), true_peak_db(x)
+    on_target = abs(loudness - target_lufs) <= 0.5
+    if not on_target:  # a very peaky sound: the ceiling wins over the loudness target, and says so
+        run_logger(__name__).warning(
+            "sound reached %.1f LUFS, not the %.1f LUFS target, under the %.1f dBTP ceiling",
+            loudness, target_lufs, ceiling_dbtp,
+        )  # fmt: skip
     return x, {
         "loudness_lufs": float(loudness),
         "true_peak_dbtp": float(peak),
-        "gain_db": float(total_gain_db),
+        "gain_db": float(loudness - start_lufs),  # the net change in loudness, limiting included
         "limited": limited,
+        "on_target": on_target,
     }
 
 

@@ -63,9 +63,17 @@ class CoverSpec(_Generation):
 
     @field_validator("font")
     @classmethod
-    def _font_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not Path(v).is_file():
+    def _font_readable(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not Path(v).is_file():
             raise ValueError(f"font file {v} does not exist")
+        from PIL import ImageFont
+
+        try:
+            ImageFont.truetype(str(v), 12)
+        except OSError:
+            raise ValueError(f"{v} is not a TrueType/OpenType font Pillow can read; give a .ttf or .otf file") from None
         return v
 
 

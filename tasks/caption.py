@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.energy import Energy, metered
 from tasks.models import MODEL_LOCK, model_source, runtime
 from tasks.progress import tracked
 from tasks.prompts import content_words
@@ -42,6 +43,7 @@ class Caption(StepResult):
     text: str
     shared_words: list[str]
     flagged: bool  # the caption shares no content word with the prompt
+    compute: Energy | None = None  # the captioning run, on the runtime device
 
 
 def faithfulness(caption: str, prompt: str) -> tuple[list[str], bool]:
@@ -61,13 +63,16 @@ def caption_cover(cover: StepResult, prompt: str, profile: str, workspace: Works
             stage.detail = "reused"
             return done
         model, processor, lock = load_captioner(profile)
-        with Image.open(cover.path) as image:
-            inputs = processor(images=image.convert("RGB"), return_tensors="pt").to(model.device, model.dtype)
-        with lock, torch.inference_mode():
+        with Image.open(cover.path) as im:
+            image = im.convert("RGB")
+        # Metered inside the lock: waiting for another run's turn is not this caption's compute.
+        with lock, metered(runtime().device) as energy, torch.inference_mode():
+            inputs = processor(images=image, return_tensors="pt").to(model.device, model.dtype)
             ids = model.generate(**inputs, max_new_tokens=30, do_sample=False)
-        text = processor.decode(ids[0], skip_special_tokens=True).strip()
+            text = processor.decode(ids[0], skip_special_tokens=True).strip()
         path = step.file(CAPTION_NAME)
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text + "\n", encoding="utf-8")
     shared, flagged = faithfulness(text, prompt)
-    return step.save(Caption(path=str(path), text=text, shared_words=shared, flagged=flagged))
+    caption = Caption(path=str(path), text=text, shared_words=shared, flagged=flagged, compute=energy[0])
+    return step.save(caption)

@@ -90,25 +90,26 @@ def layout_text(
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for title_size in range(max(12, width // 6), 5, -1):
         parts = [
-            (title, title_size),
-            (tagline, max(6, round(title_size * 0.42))),
-            (author, max(6, round(title_size * 0.5))),
+            ("title", title, title_size),
+            ("tagline", tagline, max(6, round(title_size * 0.42))),
+            ("author", author, max(6, round(title_size * 0.5))),
         ]
-        lines, ok = [], True
-        for text, px in parts:
+        lines, culprit = [], None  # culprit: the field that did not fit at this size
+        for field, text, px in parts:
             if not text:
                 continue
             wrapped = wrap(draw, text, load_font(font, px), usable_w)
-            if wrapped is None or (text is title and len(wrapped) > MAX_TITLE_LINES):
-                ok = False
+            if wrapped is None or (field == "title" and len(wrapped) > MAX_TITLE_LINES):
+                culprit = field
                 break
             lines += [(w, px) for w in wrapped]
         block_h = sum(round(px * (1 + LINE_GAP)) for _, px in lines)
-        if ok and block_h <= usable_h:
+        if culprit is None and block_h <= usable_h:
             break
     else:
+        field = culprit or "title"  # everything wrapped but the block is too tall: the title is the biggest part
         raise BriefError(
-            f"title: does not fit a {width}x{height} cover even at the smallest size; "
+            f"{field}: does not fit a {width}x{height} cover even at the smallest size; "
             "shorten it (or its longest word) or make the cover larger (cover.width, cover.height)"
         )
     y = margin if band == "top" else height - margin - block_h

@@ -29,7 +29,7 @@ def generate_cover(job: Job, workspace: Workspace) -> Generated:
         def call(pipe, generator, on_step):
             def on_step_end(pipe, i, t, tensors):
                 on_step(i)
-                snapshots.keep(i, t, tensors["latents"], job.steps)
+                snapshots.keep(i, t, tensors["latents"], pipe.num_timesteps)  # PNDM runs more than job.steps
                 return tensors
 
             return pipe(

@@ -7,7 +7,7 @@ loudness), not copied from what was asked for.
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from PIL import Image
 from prefect import task
 
 from tasks.brief import Brief
-from tasks.energy import estimate
+from tasks.energy import OVERLAP_NOTE, estimate
 from tasks.generation import Generated
 from tasks.media import probe
 from tasks.prompts import PromptSet
@@ -86,24 +86,41 @@ def versions() -> dict[str, str]:
 
 
 GENERATED_ROLES = {"cover": "image", "sound_raw": "sound", "video": "video"}
+# Model runs that make no file of their own hand their compute (and whether they were reused) in their notes.
+MODEL_STEP_NOTES = ("cover_caption", "safety")
 
 
-def compute_record(assets: dict[str, StepResult], generated: dict[str, Generated]) -> dict:
-    """Seconds and Wh per asset: generations as measured or estimated on their device, the
-    post-processing steps on the CPU. Reused steps cost nothing this run; their first cost is kept."""
+def compute_record(assets: dict[str, StepResult], generated: dict[str, Generated], notes: dict) -> dict:
+    """Seconds and Wh per asset and per model step that makes no file (caption, safety check).
+
+    Generations and the other model steps as measured or estimated on their device, post-processing
+    on the CPU. Reused steps cost nothing this run; their first cost is kept.
+    """
     per_asset = {}
     for role, step in assets.items():
         made_by = generated.get(GENERATED_ROLES.get(role, ""))
         if made_by is not None and made_by.engine.energy is not None:
             energy, step = made_by.engine.energy, made_by
-        elif getattr(step, "seconds", None):
+        elif getattr(step, "compute", None) is not None:  # a model step, metered on its device
+            energy = step.compute
+        elif getattr(step, "seconds", None):  # post-processing, on the CPU
             energy = estimate(step.seconds, "cpu")
         else:
             continue
         per_asset[role] = energy.model_dump() | {"reused": step.reused}
-    total = sum(e["energy_wh"] for e in per_asset.values())
-    this_run = sum(e["energy_wh"] for e in per_asset.values() if not e["reused"])
-    return {"per_asset": per_asset, "total_wh": round(total, 6), "this_run_wh": round(this_run, 6)}
+    per_step = {
+        name: notes[name]["compute"] | {"reused": notes[name].get("reused", False)}
+        for name in MODEL_STEP_NOTES
+        if notes.get(name, {}).get("compute")
+    }
+    entries = [*per_asset.values(), *per_step.values()]
+    return {
+        "per_asset": per_asset,
+        "per_step": per_step,
+        "total_wh": round(sum(e["energy_wh"] for e in entries), 6),
+        "this_run_wh": round(sum(e["energy_wh"] for e in entries if not e["reused"]), 6),
+        "note": OVERLAP_NOTE,
+    }
 
 
 @task(name="write-manifest")
@@ -127,17 +144,20 @@ def write_manifest(
                 asset["alt_text"] = notes["cover_caption"]["text"]
     manifest = {
         "bundle_id": bundle,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "disclosure": DISCLOSURE,
         **({"placeholder": TINY_NOTE} if brief.models == "tiny" else {}),
         "brief": brief.model_dump(mode="json"),
         "prompts": prompts.model_dump(mode="json"),
         "assets": described,
         "engines": {m: g.engine.model_dump(mode="json") for m, g in generated.items()},
-        "post_processing": notes,
+        "post_processing": {  # the model steps' compute is in "compute"
+            k: {f: v for f, v in note.items() if f not in ("compute", "reused")} if k in MODEL_STEP_NOTES else note
+            for k, note in notes.items()
+        },
         # "reused": found finished in the work area (an earlier, interrupted run made it).
         "steps": {role: "reused" if step.reused else "made" for role, step in assets.items()},
-        "compute": compute_record(assets, generated),
+        "compute": compute_record(assets, generated, notes),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "versions": versions(),
     }

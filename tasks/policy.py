@@ -2,14 +2,21 @@
 
 GENBUNDLE_BLOCKED_TERMS holds comma-separated words or phrases; a prompt (or title, author,
 tagline) that contains one as a whole word is refused with one line naming the field and term.
+The brief is checked first (`check_prompt_policy`), then the prompts the models actually get
+(`check_jobs`): expansion adds terms, a GENBUNDLE_PROMPT_MODEL rewrite may add anything, and the
+per-modality generation flows take jobs straight from their callers.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from tasks.brief import Brief, BriefError
+from tasks.generation import Job
 from tasks.settings import get_settings
+
+_FIELD_OF = {"image": "cover.prompt", "sound": "sound.prompt", "video": "video.prompt"}
 
 
 def blocked_terms() -> list[str]:
@@ -17,19 +24,9 @@ def blocked_terms() -> list[str]:
     return [t.strip().lower() for t in raw.split(",") if t.strip()]
 
 
-def check_prompt_policy(brief: Brief) -> None:
-    """Raise BriefError for the first field that contains a blocked term."""
+def _refuse_blocked(fields: dict[str, str]) -> None:
+    """Raise BriefError for the first field that contains a blocked term as a whole word or phrase."""
     terms = blocked_terms()
-    if not terms:
-        return
-    fields = {
-        "title": brief.title,
-        "author": brief.author,
-        "tagline": brief.tagline or "",
-        "cover.prompt": brief.cover.prompt,
-        "sound.prompt": brief.sound.prompt,
-        "video.prompt": brief.video.prompt,
-    }
     for field, text in fields.items():
         for term in terms:
             if re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text.lower()):
@@ -37,3 +34,26 @@ def check_prompt_policy(brief: Brief) -> None:
                     f"{field}: refused by the prompt policy: it contains {term!r} "
                     "(the blocked terms are set by GENBUNDLE_BLOCKED_TERMS)"
                 )
+
+
+def check_prompt_policy(brief: Brief) -> None:
+    """Raise BriefError for the first field of the brief that contains a blocked term."""
+    _refuse_blocked(
+        {
+            "title": brief.title,
+            "author": brief.author,
+            "tagline": brief.tagline or "",
+            "cover.prompt": brief.cover.prompt,
+            "sound.prompt": brief.sound.prompt,
+            "video.prompt": brief.video.prompt,
+        }
+    )
+
+
+def check_jobs(jobs: Iterable[Job]) -> None:
+    """Raise BriefError for the first job whose prompt, as the model gets it, contains a blocked term.
+
+    Negative prompts are not checked: naming a term there steers the model away from it.
+    """
+    for job in jobs:
+        _refuse_blocked({f"{_FIELD_OF[job.modality]} (as expanded)": job.prompt})

@@ -9,7 +9,6 @@ the prompt first; output that looks degenerate falls back to the template.
 
 from __future__ import annotations
 
-import logging
 import re
 from functools import lru_cache
 
@@ -17,6 +16,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.brief import Brief
+from tasks.logs import run_logger
 from tasks.models import MODEL_LOCK, Modality, lazy_import, load_tokenizer
 from tasks.settings import get_settings
 
@@ -63,6 +63,7 @@ class ExpandedPrompt(BaseModel):
     token_limit: int
     dropped_terms: list[str] = []
     trimmed: str | None = None  # words of the original prompt that did not fit
+    negative_trimmed: str | None = None  # words of the negative prompt that did not fit
     rewritten_by: str | None = None  # the text-generation model that rewrote the prompt, if any
 
 
@@ -104,7 +105,7 @@ class _Counter:
 
 def expand_one(modality: Modality, original: str, negative: str | None, tokenizer, rewrite=None) -> ExpandedPrompt:
     """Template expansion of one prompt, kept within the tokenizer's context."""
-    log = logging.getLogger("genbundle.prompts")
+    log = run_logger("genbundle.prompts")
     counter = _Counter(tokenizer)
     template = TEMPLATES[modality]
 
@@ -147,6 +148,7 @@ def expand_one(modality: Modality, original: str, negative: str | None, tokenize
         token_limit=counter.limit,
         dropped_terms=dropped,
         trimmed=trimmed,
+        negative_trimmed=negative_trimmed,
         rewritten_by=rewritten_by,
     )
 
@@ -183,7 +185,7 @@ def rewrite_with_model(model: str):
         out = _generator(model)(instruction, max_new_tokens=60, do_sample=False, return_full_text=False)
         text = out[0]["generated_text"].strip().split("\n")[0].strip()
         if looks_degenerate(original, text):
-            logging.getLogger("genbundle.prompts").warning(
+            run_logger("genbundle.prompts").warning(
                 "%s prompt rewrite by %s looked degenerate; using the template", modality, model
             )
             return None

@@ -4,7 +4,8 @@ A bundle goes to `<prefix>/<bundle-id>/<asset>`, assets concurrently (multipart 
 size), the manifest last. Every object is checked against the manifest's SHA-256: by the
 store's own SHA-256 checksum where it keeps one (whole-object or per-part composite), by
 reading it back otherwise. An object already there with the same size and hash is skipped, so
-uploading twice sends nothing and an interrupted upload resumes where it stopped. Transient
+uploading twice sends nothing and an interrupted upload resumes where it stopped, object by
+object (a half-sent multipart object is sent again; its stale parts are aborted). Transient
 errors are retried with backoff by botocore's standard retry mode; whatever still fails ends
 in one StorageError line. Credentials are left to boto3 and never written anywhere.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.errors import UserError
+from tasks.logs import run_logger
 from tasks.settings import Settings, get_settings
 from tasks.storage import MANIFEST_NAME
 
@@ -81,9 +83,15 @@ def s3_client(settings: Settings | None = None):
     if addressing == "auto":
         addressing = "path" if endpoint else "virtual"
     checksums = "when_supported" if settings.s3_checksums == "sha256" else "when_required"
+    try:
+        session = boto3.session.Session(profile_name=os.environ.get("AWS_PROFILE") or None)
+    except ProfileNotFound as err:
+        raise StorageError(f"storage: {err}; fix AWS_PROFILE") from None
+    # AWS_REGION, else the session's (AWS_DEFAULT_REGION, then the profile's); us-east-1 only when none is set.
+    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
     config = Config(
-        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        region_name=region,
+        retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},  # the first attempt included
         s3={"addressing_style": addressing},
         signature_version="s3v4",  # SigV4 presigned links: what R2, MinIO and current AWS regions accept
         request_checksum_calculation=checksums,
@@ -91,10 +99,6 @@ def s3_client(settings: Settings | None = None):
         connect_timeout=settings.s3_connect_timeout,
         max_pool_connections=max(10, settings.s3_concurrency * 4),
     )
-    try:
-        session = boto3.session.Session(profile_name=os.environ.get("AWS_PROFILE") or None)
-    except ProfileNotFound as err:
-        raise StorageError(f"storage: {err}; fix AWS_PROFILE") from None
     return session.client("s3", endpoint_url=endpoint, config=config)
 
 
@@ -278,7 +282,40 @@ class _Uploader:
         self.client.upload_file(
             str(path), self.location.bucket, key, ExtraArgs=extra, Config=self.transfer, Callback=count
         )
-        return True, self.verify(key, size, digests)
+        try:
+            return True, self.verify(key, size, digests)
+        except StorageError:
+            # Its sha256 metadata looks right, so a later run would skip it by size and metadata: take it down.
+            self.client.delete_object(Bucket=self.location.bucket, Key=key)
+            raise
+
+    def abort_stale_multipart(self) -> int:
+        """Abort multipart uploads under the bundle's prefix that a killed run left (they are billed).
+
+        boto3 cannot resume one, so resume is per object: a half-sent object is sent again whole.
+        Best effort: a store or policy that refuses the listing does not stop the upload.
+        """
+        from botocore.exceptions import ClientError
+
+        prefix, aborted = self.location.key() + "/", 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.location.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"].startswith(prefix):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.location.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+        except ClientError as err:
+            run_logger(__name__).warning(
+                "storage: could not clear unfinished multipart uploads under %s: %s",
+                self.location.url(),
+                err.response.get("Error", {}).get("Code", "?"),
+            )
+        return aborted
 
 
 def presigned_links(client, location: S3Location, names: list[str], expires_in: int) -> dict[str, str]:
@@ -306,6 +343,7 @@ def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | 
         client = s3_client(settings)
         client.head_bucket(Bucket=location.bucket)
         up = _Uploader(client, location, settings)
+        up.abort_stale_multipart()
         manifest_sha = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
         # A different manifest already there would describe assets about to be replaced: take it down first.
         if not up.already_there(
@@ -373,6 +411,8 @@ def list_bundles(target: S3Location) -> list[BundleListing]:
         ):
             for common in page.get("CommonPrefixes", []):
                 bundle = common["Prefix"][len(prefix) :].strip("/")
+                if bundle.startswith("."):  # the work area (.work), not a bundle: ids never start with a dot
+                    continue
                 manifest = read_manifest(client, target.child(bundle))
                 found.append(
                     BundleListing(

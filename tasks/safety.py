@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from prefect import task
 
 from tasks.disclosure import png_info
+from tasks.energy import Energy, metered
 from tasks.errors import UserError
 from tasks.models import MODEL_LOCK, model_source, runtime
 from tasks.progress import tracked
@@ -58,6 +59,7 @@ class SafetyVerdict(StepResult):
     flagged: bool
     action: str  # what the settings asked for on a flag
     applied: str  # "none", "blurred" or "dropped"
+    compute: Energy | None = None  # the checker's run, on the runtime device
 
 
 @task(name="check-cover-safety")
@@ -74,8 +76,9 @@ def check_cover_safety(cover: StepResult, profile: str, workspace: Workspace, ac
         checker, processor, lock = load_safety_checker(profile)
         with Image.open(cover.path) as im:
             image = im.convert("RGB")
-        clip_input = processor(images=image, return_tensors="pt").pixel_values.to(checker.device, checker.dtype)
-        with lock, torch.inference_mode():
+        # Metered inside the lock: waiting for another run's turn is not this check's compute.
+        with lock, metered(runtime().device) as energy, torch.inference_mode():
+            clip_input = processor(images=image, return_tensors="pt").pixel_values.to(checker.device, checker.dtype)
             _, flags = checker(clip_input=clip_input, images=np.asarray(image, dtype=np.float32)[None] / 255)
         flagged = bool(flags[0])
         stage.detail = "flagged" if flagged else "passed"
@@ -89,6 +92,6 @@ def check_cover_safety(cover: StepResult, profile: str, workspace: Workspace, ac
             published.save(tmp, format="PNG", pnginfo=info)
     verdict = SafetyVerdict(
         path=str(path), checker=type(checker).__name__, flagged=flagged, action=action, applied=applied,
-        disclosure=cover.disclosure,
+        compute=energy[0], disclosure=cover.disclosure,
     )  # fmt: skip
     return step.save(verdict)

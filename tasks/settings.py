@@ -55,7 +55,12 @@ class Settings(BaseSettings):
 
     # Storage: bundles are always written under `out`; with an s3:// URL here they are uploaded too.
     # The S3 endpoint, region and credentials come from the standard AWS_* variables.
-    storage: str | None = Field(None, description="s3://bucket/prefix to upload bundles to; local only when unset.")
+    # Checked by tasks.storage.storage_target, so a bad value is one clear line, not a settings traceback.
+    storage: str | None = Field(
+        None,
+        description="s3://bucket/prefix to upload bundles to, or a local folder (or file:// URL), the same as out; "
+        "local only (under out) when unset.",
+    )
     s3_checksums: Literal["sha256", "off"] = Field(
         "sha256", description="off: send no checksums, for stores that reject boto3's; uploads are then read back."
     )

@@ -1,4 +1,4 @@
-"""Where bundles live: the bundle id, atomic writes, and the store step (local disk).
+"""Where bundles live: the storage setting, the bundle id, atomic writes, and the store step (local disk).
 
 Every file is written under a temporary name and renamed into place, so a crash never leaves
 a half-written file that looks finished. The manifest is stored last: a reader that sees
@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +35,31 @@ def bundle_id(brief: Brief) -> str:
     return f"{slug}-{brief.fingerprint()[:12]}"
 
 
-def out_root(out: str | Path | None = None) -> Path:
-    return Path(out) if out is not None else get_settings().out
+def out_root(out: str | Path | None = None, storage: str | None = None) -> Path:
+    """The local folder bundles are stored under: `out` (--out, GENBUNDLE_OUT) or a local storage target.
+
+    A storage setting that names a local folder means the same as `out`; both given and
+    different is an error. With `out` given and no `storage`, `out` is taken as already resolved.
+    """
+    if out is not None and storage is None:
+        return Path(out)
+    settings = get_settings()
+    target = storage_target(storage)
+    if target is None or target.startswith("s3://"):
+        return Path(out) if out is not None else settings.out
+    given = out if out is not None else (settings.out if "out" in settings.model_fields_set else None)
+    if given is not None and not _same_path(given, target):
+        from tasks.s3 import StorageError
+
+        raise StorageError(
+            f"storage: the storage setting names the folder {target!r} but --out (GENBUNDLE_OUT) names "
+            f"{str(given)!r}: give one of them, or the same folder"
+        )
+    return Path(target)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 @contextmanager
@@ -53,9 +78,39 @@ def atomic_path(final: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters or more: a Windows drive ("C:") is a path
+
+
 def storage_target(storage: str | None = None) -> str | None:
-    """The upload target: the argument, else GENBUNDLE_STORAGE; None means local only."""
-    return storage if storage is not None else get_settings().storage
+    """The storage setting (the argument, else GENBUNDLE_STORAGE), checked before any model loads.
+
+    Returns an s3:// URL (bundles are uploaded there too), a local folder (the same as --out;
+    a file:// URL is turned into its path), or None (local only, under --out).
+    """
+    from tasks.s3 import StorageError, parse_s3_url
+
+    value = storage if storage is not None else get_settings().storage
+    if value is None or not str(value).strip():
+        return None
+    value = str(value).strip()
+    if value.startswith("s3://"):
+        parse_s3_url(value)  # a bucket name S3 would refuse fails here, not after the generation
+        return value
+    if value.startswith("file://"):
+        parsed = urllib.parse.urlparse(value)
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            raise StorageError(
+                f"storage: {value!r} in --storage (GENBUNDLE_STORAGE) is not a usable file:// URL: "
+                "write file:///absolute/path"
+            )
+        return urllib.request.url2pathname(parsed.path)
+    if _SCHEME.match(value):
+        hint = " (the scheme is lower-case: s3://)" if value.lower().startswith("s3:") else ""
+        raise StorageError(
+            f"storage: {value!r} in --storage (GENBUNDLE_STORAGE) is not supported{hint}: "
+            "give s3://bucket/prefix, a local folder or file:///path"
+        )
+    return value
 
 
 @task(name="store-bundle")
@@ -64,29 +119,50 @@ def store_bundle(manifest: dict, files: dict[str, str], out: str | None = None) 
 
     Returns the folder's path. A bundle already stored with the very same brief and asset hashes
     is left as it is, manifest included: the same request is the same bundle, so storing (and
-    uploading) it again changes nothing.
+    uploading) it again changes nothing. A different bundle in the folder is replaced: its
+    manifest first, then the assets, then its assets the new one lacks, the new manifest last.
     """
     target = out_root(out) / manifest["bundle_id"]
     target.mkdir(parents=True, exist_ok=True)
-    if not _same_bundle(target / MANIFEST_NAME, manifest):
+    manifest_path, replaced = target / MANIFEST_NAME, target / f".{MANIFEST_NAME}.replaced"
+    old = _read_manifest(manifest_path)
+    if not _same_bundle(target, old, manifest):
+        # Until the new manifest is in, the folder must not look complete: the old one is moved
+        # aside first (kept, hidden, so a replacement cut short still knows which files were the old bundle's).
+        if manifest_path.exists():
+            os.replace(manifest_path, replaced)
+        previous = old or _read_manifest(replaced) or {}
         for name, source in files.items():
             with atomic_path(target / name) as tmp:
                 shutil.copyfile(source, tmp)
-        with atomic_path(target / MANIFEST_NAME) as tmp:
+        # Assets of the old bundle that the new one lacks; files no manifest listed are the user's.
+        listed = {a["name"] for a in manifest["assets"]} | set(files)
+        for name in {a.get("name") for a in previous.get("assets", [])} - listed:
+            if name and Path(name).name == name and name != MANIFEST_NAME:
+                (target / name).unlink(missing_ok=True)
+        with atomic_path(manifest_path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    replaced.unlink(missing_ok=True)
     return str(target.resolve())
 
 
-def _same_bundle(stored_manifest: Path, manifest: dict) -> bool:
+def _read_manifest(path: Path) -> dict | None:
+    """A stored manifest, or None when there is none (or it is unreadable: then it is replaced)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def _same_bundle(folder: Path, stored: dict | None, manifest: dict) -> bool:
     """Whether a stored manifest describes the same brief and byte-identical assets."""
-    if not stored_manifest.is_file():
+    if stored is None:
         return False
 
     def identity(m: dict):
         return m.get("brief"), sorted((a["name"], a["sha256"]) for a in m.get("assets", []))
 
-    stored = json.loads(stored_manifest.read_text(encoding="utf-8"))
-    folder = stored_manifest.parent
     return identity(stored) == identity(manifest) and all(
         (folder / a["name"]).is_file() and sha256_file(folder / a["name"]) == a["sha256"] for a in stored["assets"]
     )

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from prefect import task
+from pydantic import Field
 
 from tasks.disclosure import png_info
+from tasks.energy import Energy, metered
 from tasks.progress import tracked
 from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
@@ -28,6 +30,7 @@ REVERSE_NAME = "trace_reverse.png"
 SCHEDULE_NAME = "noise_schedule.png"
 FORWARD_TIMESTEPS = (0, 200, 400, 600, 800, 999)
 FRAMES = 6
+TRACE_ROLES = ("trace_forward", "trace_reverse", "noise_schedule")  # the three pictures' roles in the bundle
 
 
 class ReverseTrace:
@@ -39,6 +42,8 @@ class ReverseTrace:
         self.latents: list = []
 
     def keep(self, step: int, timestep, latents, total_steps: int) -> None:
+        """Called after denoising step `step` (at `timestep`) of `total_steps`: the scheduler's own
+        count (`pipe.num_timesteps`), which is more than the steps asked for with PNDM."""
         wanted = {round(k * (total_steps - 1) / (FRAMES - 1)) for k in range(FRAMES)}
         if step in wanted:
             self.steps.append(step + 1)
@@ -68,7 +73,11 @@ def filmstrip(frames: list[tuple[str, Image.Image]], title: str) -> Image.Image:
     label_h = max(14, height // 9)
     strip = Image.new("RGB", (width * len(frames), height + 2 * label_h), "white")
     draw = ImageDraw.Draw(strip)
-    font = ImageFont.load_default(size=int(label_h * 0.7))
+    size = int(label_h * 0.7)
+    widest = max(draw.textlength(label, font=ImageFont.load_default(size=size)) for label, _ in frames)
+    if widest > width - 4:  # small frames (the tiny profile): shrink the labels to fit under their frame
+        size = max(6, int(size * (width - 4) / widest))
+    font = ImageFont.load_default(size=size)
     draw.text((6, label_h * 0.12), title, font=font, fill="black")
     for i, (label, frame) in enumerate(frames):
         strip.paste(frame.convert("RGB").resize((width, height)), (i * width, 2 * label_h))
@@ -101,21 +110,58 @@ def schedule_plot(alphas_cumprod: np.ndarray, size: tuple[int, int] = (480, 300)
     return plot
 
 
+class TraceImage(StepResult):
+    """One trace picture as a bundle asset, with what making it cost."""
+
+    compute: Energy | None = None
+
+
 class Trace(StepResult):
     """The three trace images (`path` is the forward filmstrip)."""
 
     reverse_path: str
     schedule_path: str
-    seconds: float = 0.0
+    reverse_labels: list[str] = Field(default_factory=list)  # per reverse frame: "step <n>  after t=<timestep>"
+    compute: dict[str, Energy] = Field(default_factory=dict)  # role -> the seconds and Wh of making that picture
 
-    def assets(self) -> dict[str, StepResult]:
+    def assets(self) -> dict[str, TraceImage]:
         """The three images as bundle assets, role -> file."""
         same = {"key": self.key, "reused": self.reused, "disclosure": self.disclosure}
+        paths = (self.path, self.reverse_path, self.schedule_path)
         return {
-            "trace_forward": StepResult(path=self.path, **same),
-            "trace_reverse": StepResult(path=self.reverse_path, **same),
-            "noise_schedule": StepResult(path=self.schedule_path, **same),
+            role: TraceImage(path=path, compute=self.compute.get(role), **same)
+            for role, path in zip(TRACE_ROLES, paths, strict=True)
         }
+
+
+def forward_frames(pipe, cover_path: str, seed: int) -> list[tuple[str, Image.Image]]:
+    """The cover, VAE-encoded, noised at FORWARD_TIMESTEPS with the model's training noise schedule, decoded."""
+    import torch
+
+    from tasks.models import lazy_import
+
+    # The model's training noise schedule (its betas), whatever sampler made the cover.
+    noising = lazy_import("diffusers", "DDPMScheduler").from_config(pipe.scheduler.config)
+    with Image.open(cover_path) as im:
+        image = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(pipe.vae.device, pipe.vae.dtype)
+    clean = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    noise = torch.randn(clean.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(clean)
+    frames = []
+    for t in FORWARD_TIMESTEPS:
+        noisy = noising.add_noise(clean, noise, torch.tensor([t]))
+        frames.append((f"t={t}  signal {float(noising.alphas_cumprod[t].sqrt()):.2f}", _decode(pipe, noisy)))
+    return frames
+
+
+def reverse_labels(saved: dict) -> list[str]:
+    """The callback's latents are taken once the step at timestep t is done: "after t"."""
+    return [f"step {s}  after t={t}" for s, t in zip(saved["steps"], saved["timesteps"], strict=True)]
+
+
+def reverse_frames(pipe, saved: dict) -> list[tuple[str, Image.Image]]:
+    """The latents kept during generation, decoded, with their labels."""
+    return list(zip(reverse_labels(saved), [_decode(pipe, latents) for latents in saved["latents"]], strict=True))
 
 
 @task(name="trace-diffusion")
@@ -124,7 +170,7 @@ def trace_diffusion(cover: StepResult, profile: str, workspace: Workspace, seed:
     import torch
 
     from tasks.image import REVERSE_TRACE_NAME
-    from tasks.models import lazy_import, load_pipeline
+    from tasks.models import lazy_import, load_pipeline, runtime
 
     step = workspace.step("trace", {"cover": cover.key, "profile": profile, "seed": seed}, sys.modules[__name__])
     with tracked("trace") as stage:
@@ -132,37 +178,31 @@ def trace_diffusion(cover: StepResult, profile: str, workspace: Workspace, seed:
             stage.detail = "reused"
             return done
         loaded = load_pipeline("image", profile)
-        pipe = loaded.pipe
-        # The forward process uses the model's training noise schedule (its betas), whatever sampler made it.
-        noising = lazy_import("diffusers", "DDPMScheduler").from_config(pipe.scheduler.config)
-        with Image.open(cover.path) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1
-        with loaded.lock, torch.inference_mode():
-            pixels = torch.from_numpy(image).permute(2, 0, 1)[None].to(pipe.vae.device, pipe.vae.dtype)
-            clean = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-            noise = torch.randn(clean.shape, generator=torch.Generator("cpu").manual_seed(seed)).to(clean)
-            forward = []
-            for t in FORWARD_TIMESTEPS:
-                noisy = noising.add_noise(clean, noise, torch.tensor([t]))
-                level = float(noising.alphas_cumprod[t].sqrt())
-                forward.append((f"t={t}  signal {level:.2f}", _decode(pipe, noisy)))
-            saved = torch.load(Path(cover.path).parent / REVERSE_TRACE_NAME)
-            reverse = [
-                (f"step {s}  t={t}", _decode(pipe, latents))
-                for s, t, latents in zip(saved["steps"], saved["timesteps"], saved["latents"], strict=True)
-            ]
-        paths = {}
-        for name, picture in (
-            (FORWARD_NAME, filmstrip(forward, "Forward process: noise added to the cover (t = timestep)")),
-            (REVERSE_NAME, filmstrip(reverse, "Reverse process: the cover's latents as denoising went on")),
-            (SCHEDULE_NAME, schedule_plot(noising.alphas_cumprod.numpy())),
-        ):
-            paths[name] = step.file(name)
-            disclosure = cover.disclosure and cover.disclosure.model_copy(update={"title": "Diffusion trace"})
-            with atomic_path(paths[name]) as tmp:
-                picture.save(tmp, format="PNG", pnginfo=png_info(disclosure) if disclosure else None)
+        pipe, device = loaded.pipe, runtime().device
+        saved = torch.load(Path(cover.path).parent / REVERSE_TRACE_NAME)
+        schedule = lazy_import("diffusers", "DDPMScheduler").from_config(pipe.scheduler.config).alphas_cumprod
+        # role -> (file, device it runs on, drawing): the filmstrips run the VAE, the plot is CPU only.
+        pictures = {
+            "trace_forward": (FORWARD_NAME, device, lambda: filmstrip(
+                forward_frames(pipe, cover.path, seed), "Forward process: noise added to the cover (t = timestep)"
+            )),
+            "trace_reverse": (REVERSE_NAME, device, lambda: filmstrip(
+                reverse_frames(pipe, saved), "Reverse process: the cover's latents after denoising steps (t = timestep)"
+            )),
+            "noise_schedule": (SCHEDULE_NAME, "cpu", lambda: schedule_plot(schedule.numpy())),
+        }  # fmt: skip
+        disclosure = cover.disclosure and cover.disclosure.model_copy(update={"title": "Diffusion trace"})
+        paths, compute = {}, {}
+        for role, (name, where, draw) in pictures.items():
+            with loaded.lock, metered(where) as energy, torch.inference_mode():
+                picture = draw()
+                paths[role] = step.file(name)
+                with atomic_path(paths[role]) as tmp:
+                    picture.save(tmp, format="PNG", pnginfo=png_info(disclosure) if disclosure else None)
+            compute[role] = energy[0]
     trace = Trace(
-        path=str(paths[FORWARD_NAME]), reverse_path=str(paths[REVERSE_NAME]),
-        schedule_path=str(paths[SCHEDULE_NAME]), seconds=stage.seconds, disclosure=cover.disclosure,
+        path=str(paths["trace_forward"]), reverse_path=str(paths["trace_reverse"]),
+        schedule_path=str(paths["noise_schedule"]), reverse_labels=reverse_labels(saved), compute=compute,
+        disclosure=cover.disclosure,
     )  # fmt: skip
     return step.save(trace)

@@ -115,12 +115,16 @@ def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Worksp
     return step.save(Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds, disclosure=video.disclosure))
 
 
+class Poster(StepResult):
+    seconds: float = 0.0  # ffmpeg's work on the CPU
+
+
 @task(name="make-poster")
-def make_poster(video: StepResult, workspace: Workspace) -> StepResult:
+def make_poster(video: StepResult, workspace: Workspace) -> Poster:
     """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
     step = workspace.step("poster", {"video": video.key}, sys.modules[__name__])
     with tracked("poster") as stage:
-        if done := step.load(StepResult):
+        if done := step.load(Poster):
             stage.detail = "reused"
             return done
         out = step.file(POSTER_NAME)
@@ -135,4 +139,4 @@ def make_poster(video: StepResult, workspace: Workspace) -> StepResult:
                 with Image.open(tmp) as frame:
                     frame.load()
                     frame.save(tmp, format="PNG", pnginfo=png_info(video.disclosure))
-    return step.save(StepResult(path=str(out), disclosure=video.disclosure))
+    return step.save(Poster(path=str(out), seconds=stage.seconds, disclosure=video.disclosure))

@@ -9,7 +9,10 @@ what had not finished, and changing a prompt, seed or model redoes only what dep
 The result file is written last (like a bundle's manifest), so a folder without one is an
 unfinished step and is simply redone. With an s3:// storage target, finished folders are
 mirrored to `<prefix>/.work/` and looked up there too, so steps run by workers on other
-machines share their outputs through the store, never through Prefect task results.
+machines share their outputs through the store, never through Prefect task results. When
+the store cannot be reached, a run on one machine carries on with its local folders (one
+warning, then the mirror rests a while); a dispatched run, whose workers hand files over
+only through the mirror, fails instead.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import time
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -25,10 +29,13 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from tasks.disclosure import Disclosure
+from tasks.logs import run_logger
 from tasks.storage import atomic_path, out_root
 
 RESULT_NAME = "result.json"
 WORK_DIR = ".work"
+MIRROR_REST_SECONDS = 300  # after a failure, skip the mirror this long: each try costs a connect timeout and retries
+_mirror_down: dict[str, float] = {}  # remote -> when it last failed (this process)
 
 
 class StepResult(BaseModel):
@@ -60,13 +67,14 @@ class Workspace(BaseModel):
 
     root: str
     remote: str | None = None  # s3://bucket/prefix/.work
+    mirror_required: bool = False  # dispatched: the mirror is how files reach the bundle flow, so it must work
 
     @classmethod
     def for_storage(cls, out: str | None, storage: str | None) -> Workspace:
         from tasks.s3 import is_s3_url
 
         remote = f"{storage.rstrip('/')}/{WORK_DIR}" if is_s3_url(storage) else None
-        return cls(root=str((out_root(out) / WORK_DIR).resolve()), remote=remote)
+        return cls(root=str((out_root(out, storage) / WORK_DIR).resolve()), remote=remote)
 
     def step(self, kind: str, inputs: dict, *code: ModuleType) -> Step:
         """The folder of one step; `code` are the modules whose source shapes its output."""
@@ -88,7 +96,7 @@ class Step:
         """The finished result, from the local folder or else the remote mirror; None if unfinished."""
         local = self.folder / RESULT_NAME
         if not local.is_file() and self.workspace.remote:
-            self._download()
+            self._mirror(self._download)
         if not local.is_file():
             return None
         result = model.model_validate_json(local.read_text(encoding="utf-8"))
@@ -103,10 +111,27 @@ class Step:
         with atomic_path(self.folder / RESULT_NAME) as tmp:
             tmp.write_text(result.model_dump_json(indent=2), encoding="utf-8")
         if self.workspace.remote:
-            self._upload()
+            self._mirror(self._upload)
         return result
 
     # --- the s3 mirror ---------------------------------------------------------------------
+
+    def _mirror(self, transfer) -> None:
+        """Run one transfer with the mirror; unless it is required, a failure is a warning, not the end."""
+        from tasks.s3 import StorageError
+
+        remote, required = self.workspace.remote, self.workspace.mirror_required
+        if not required and time.monotonic() - _mirror_down.get(remote, float("-inf")) < MIRROR_REST_SECONDS:
+            return
+        try:
+            transfer()
+        except StorageError as err:
+            if required:
+                raise
+            _mirror_down[remote] = time.monotonic()
+            run_logger(__name__).warning(
+                "work area mirror %s skipped for %d s, the run goes on locally: %s", remote, MIRROR_REST_SECONDS, err
+            )
 
     def _remote_prefix(self):
         from tasks.s3 import parse_s3_url

@@ -1,24 +1,30 @@
 """A real S3 endpoint on loopback (moto's threaded server) and a fault-injecting proxy in front of it.
 
 The proxy forwards every request unchanged, except those a rule picks, which get an S3-style
-error response instead: the way to test retries, outages and interrupted uploads against real
-HTTP without touching the code under test.
+error response instead (or, with RESET, a connection reset and no response at all), and the
+request bodies a mutator changes on the way: the way to test retries, outages, interrupted
+uploads and corruption in transit against real HTTP without touching the code under test.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-Rule = Callable[[str, str], int | None]  # (method, path) -> HTTP status to fail with, or None to forward
+RESET = -1  # a rule's answer: reset the connection instead of responding
+Rule = Callable[[str, str], int | None]  # (method, path) -> HTTP status to fail with, RESET, or None to forward
+Mutator = Callable[[str, str, bytes], bytes]  # (method, path, body) -> the body forwarded upstream
 
 
 class FaultyProxy:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.rules: list[Rule] = []
+        self.mutators: list[Mutator] = []
         self.failed: list[tuple[str, str, int]] = []
         self.requests: list[tuple[str, str]] = []
         proxy = self
@@ -46,6 +52,12 @@ class FaultyProxy:
                 proxy.requests.append((self.command, self.path))
                 for rule in proxy.rules:
                     status = rule(self.command, self.path)
+                    if status == RESET:  # the request was read; the answer never comes
+                        proxy.failed.append((self.command, self.path, status))
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.close_connection = True
+                        self.connection.close()  # with linger 0: a TCP reset
+                        return
                     if status:
                         proxy.failed.append((self.command, self.path, status))
                         code = "SlowDown" if status == 503 else "InternalError"
@@ -57,6 +69,8 @@ class FaultyProxy:
                         if self.command != "HEAD":
                             self.wfile.write(payload)
                         return
+                for mutate in proxy.mutators:
+                    body = mutate(self.command, self.path, body)
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")
                 }

@@ -67,6 +67,14 @@ def test_other_targets(tmp_path, workspace):
     assert loudness == pytest.approx(-23.0, abs=0.5) and peak <= -2.0
 
 
+def test_an_unreachable_target_keeps_the_ceiling_and_says_so(tmp_path, workspace):
+    # A pure tone cannot be 4 LU louder than its own peak: the ceiling wins, and the result says so.
+    result = normalise_sound.fn(_raw(tmp_path, SIGNALS["loud_sine"]), workspace, -5.0, -9.0)
+    loudness, peak = ebur128(result.path)
+    assert peak <= -9.0 and loudness < -8.0
+    assert not result.on_target and result.loudness_lufs == pytest.approx(loudness, abs=0.3)
+
+
 def test_silence_is_refused(tmp_path, workspace):
     with pytest.raises(MediaError, match="silent"):
         normalise_sound.fn(_raw(tmp_path, np.zeros(len(t))), workspace)

@@ -54,6 +54,17 @@ def test_bad_briefs_name_the_field(data, expected):
     assert "\n" not in str(err.value)
 
 
+def test_a_file_that_is_not_a_font_is_refused(tmp_path):
+    not_a_font = tmp_path / "notes.ttf"
+    not_a_font.write_text("not a font")
+    with pytest.raises(BriefError) as err:
+        parse_brief({"title": "T", "author": "A", "cover": {"font": str(not_a_font)}})
+    assert str(err.value) == (
+        f"invalid brief: cover.font: {not_a_font} is not a TrueType/OpenType font Pillow can read; "
+        "give a .ttf or .otf file"
+    )
+
+
 def test_fingerprint_is_stable_and_covers_seed_and_profile():
     a = parse_brief({"title": "T", "author": "A"})
     assert a.fingerprint() == parse_brief({"author": "A", "title": "T"}).fingerprint()

@@ -1,28 +1,59 @@
 """Alt text: the tiny BLIP captioner (built and loaded like the diffusion pipelines) captions the cover."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tasks.caption import caption_cover, faithfulness
 from tasks.models import ModelNotAvailable, model_source
+from tasks.prompts import content_words
 
 
 def test_the_cover_has_alt_text_from_the_captioner(tiny_bundle):
     manifest = json.loads((tiny_bundle / "bundle.json").read_text())
     caption = manifest["post_processing"]["cover_caption"]
-    assert caption["text"] and isinstance(caption["flagged"], bool)
+    words = content_words(caption["text"]) & content_words(manifest["brief"]["cover"]["prompt"])
+    assert caption["text"] and caption["shared_words"] == sorted(words) and caption["flagged"] == (not words)
     covers = [a for a in manifest["assets"] if a["role"] in ("cover", "cover_titled")]
     assert len(covers) == 2 and all(a["alt_text"] == caption["text"] for a in covers)
+    assert manifest["compute"]["per_step"]["cover_caption"]["seconds"] > 0
 
 
-def test_captioning_is_deterministic_and_reused(tiny_bundle, workspace):
+def test_a_caption_sharing_no_word_with_the_prompt_is_flagged_in_the_bundle(prefect_api, tmp_path):
+    """The tiny captioner's words come from its small vocabulary; this prompt uses none of them."""
+    from flows.bundle import asset_bundle
+    from tasks.artifacts import summary_markdown
+    from tasks.brief import parse_brief
+
+    brief = {"title": "Zebra", "author": "Q", "cover": {"prompt": "zebra quokka xylophone"}, "trace": False}
+    location = asset_bundle(parse_brief(brief), out=str(tmp_path))
+    manifest = json.loads((Path(location) / "bundle.json").read_text())
+    caption = manifest["post_processing"]["cover_caption"]
+    assert caption["text"] and caption["shared_words"] == [] and caption["flagged"] is True
+    assert "**flagged: it shares no content word with the prompt**" in summary_markdown(manifest, location)
+
+
+def test_captioning_is_deterministic(tiny_bundle, tmp_path):
+    """Two fresh work areas: the caption is made twice, not reused, and comes out the same."""
+    from tasks.workspace import StepResult, Workspace
+
+    cover = StepResult(path=str(tiny_bundle / "cover.png"), key="the-cover")
+    first, second = (
+        caption_cover.fn(cover, "a mystical forest", "tiny", Workspace(root=str(tmp_path / area)))
+        for area in ("a", "b")
+    )
+    assert not first.reused and not second.reused and first.path != second.path
+    assert first.text and second.text == first.text
+
+
+def test_a_finished_caption_is_reused(tiny_bundle, workspace):
     from tasks.workspace import StepResult
 
     cover = StepResult(path=str(tiny_bundle / "cover.png"), key="the-cover")
     first = caption_cover.fn(cover, "a mystical forest", "tiny", workspace)
     again = caption_cover.fn(cover, "a mystical forest", "tiny", workspace)
-    assert again.reused and again.text == first.text
+    assert not first.reused and again.reused and again.text == first.text
 
 
 @pytest.mark.parametrize(

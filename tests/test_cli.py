@@ -27,6 +27,15 @@ def test_bad_brief_exits_2_with_one_line_naming_the_field(tmp_path):
     assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
 
 
+def test_a_brief_file_must_name_title_and_author(tmp_path):
+    brief = tmp_path / "brief.yaml"
+    brief.write_text("seed: 3\n")
+    result = genbundle("run", str(brief), "--author", "K. Lee", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: invalid brief: title: is required"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_full_models_exit_1_with_the_fix(tmp_path):
     result = genbundle("run", "--models", "full", "--out", str(tmp_path))
     assert result.returncode == 1

@@ -81,6 +81,11 @@ def test_a_title_that_cannot_fit_is_refused():
         typeset(Image.fromarray(BACKGROUNDS["black"][:64, :64]), "Pneumonoultramicroscopicsilicovolcanoconiosis", "A")
 
 
+def test_the_part_that_cannot_fit_is_named():
+    with pytest.raises(BriefError, match="^author: does not fit a 64x64 cover"):
+        typeset(Image.fromarray(BACKGROUNDS["black"][:64, :64]), "T", "Pneumonoultramicroscopicsilicovolcanoconiosis")
+
+
 def test_font_is_selectable():
     font = Path("/usr/share/fonts/truetype/dejavu/DejaVuSerif-Bold.ttf")
     if not font.is_file():

@@ -16,6 +16,7 @@ def test_png_assets_carry_text_chunks_and_xmp(tiny_bundle):
         assert text["Software"].startswith("genbundle ")
         assert IPTC_TRAINED_ALGORITHMIC_MEDIA in text["XML:com.adobe.xmp"]
         assert text["genbundle:seed"] == "0"
+        assert text["genbundle:model"] == "tiny random weights (built offline)"
     with Image.open(tiny_bundle / "cover_titled.png") as im:
         assert im.text["Title"] == "The Forest of Glowing Things by A. N. Author"
         assert im.text["genbundle:prompt"].startswith("A mystical forest")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from PIL import Image
 
 from tasks.manifest import DISCLOSURE, TINY_NOTE
@@ -66,20 +67,26 @@ def test_the_titled_cover_differs_from_the_untitled_one(tiny_bundle):
     assert plain.shape == titled.shape and np.abs(plain - titled).mean() > 1.0
 
 
-def test_same_brief_same_place_same_outputs(tiny_bundle):
-    """Run the same brief again: same bundle folder, same pictures and sound (within tolerance)."""
+def test_same_brief_same_place_same_outputs(tiny_bundle, tmp_path):
+    """The same brief made again from nothing lands in a folder of the same name with the same
+    pictures and sound (within tolerance); made again in the same place, it is left as it was."""
     from flows.bundle import asset_bundle
     from tasks.brief import parse_brief
 
-    before = {n: np.asarray(Image.open(tiny_bundle / n), dtype=float) for n in ("cover.png", "poster.png")}
-    manifest_before = (tiny_bundle / "bundle.json").read_text()
     brief = parse_brief({"title": "The Forest of Glowing Things", "author": "A. N. Author", "tagline": "Light waits"})
+    manifest_before = (tiny_bundle / "bundle.json").read_text()
+    fresh = Path(asset_bundle(brief, out=str(tmp_path)))  # a new work area: everything is generated again
+    assert fresh.name == tiny_bundle.name
+    assert set(_manifest(fresh)["steps"].values()) == {"made"}
+    for name in ("cover.png", "cover_titled.png", "poster.png"):
+        a, b = (np.asarray(Image.open(folder / name), dtype=float) for folder in (tiny_bundle, fresh))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 2.0, name
+    x, y = sf.read(tiny_bundle / "engine.wav")[0], sf.read(fresh / "engine.wav")[0]
+    np.testing.assert_allclose(x, y, atol=1e-3)
+
     again = Path(asset_bundle(brief, out=str(tiny_bundle.parent)))
     assert again == tiny_bundle
-    for name, pixels in before.items():
-        assert np.abs(np.asarray(Image.open(again / name), dtype=float) - pixels).max() <= 2.0
-    # Byte-identical assets: the stored bundle, manifest included, is left as it was.
-    assert (again / "bundle.json").read_text() == manifest_before
+    assert (again / "bundle.json").read_text() == manifest_before  # byte-identical: left as it was
 
 
 def test_the_summary_artifact_is_published(tiny_bundle):
@@ -96,6 +103,56 @@ def test_the_summary_artifact_is_published(tiny_bundle):
     assert artifacts and artifacts[0].type == "markdown"
     markdown = artifacts[0].data
     assert "car_with_sound.mp4" in markdown and "Placeholder outputs" in markdown
+    assert f"`{tiny_bundle / 'trace_reverse.png'}`" in markdown  # local only: where the trace pictures are
+
+
+def _summary(tiny_bundle, upload=None, **caption):
+    from tasks.artifacts import summary_markdown
+
+    manifest = _manifest(tiny_bundle)
+    manifest["post_processing"]["cover_caption"] |= caption
+    return summary_markdown(manifest, str(tiny_bundle), upload)
+
+
+def test_the_summary_shows_the_caption_and_whether_it_is_flagged(tiny_bundle):
+    unflagged = _summary(tiny_bundle, text="a glowing forest", shared_words=["forest", "glowing"], flagged=False)
+    assert "Cover alt text (BLIP caption): _a glowing forest_ (shares with the prompt: forest, glowing)" in unflagged
+    assert "flagged" not in unflagged
+    flagged = _summary(tiny_bundle, text="a bowl of fruit", shared_words=[], flagged=True)
+    assert "_a bowl of fruit_ (**flagged: it shares no content word with the prompt**)" in flagged
+
+
+def test_the_summary_shows_compute_and_energy(tiny_bundle):
+    compute = _manifest(tiny_bundle)["compute"]
+    seconds = sum(e["seconds"] for e in [*compute["per_asset"].values(), *compute["per_step"].values()])
+    (line,) = [line for line in _summary(tiny_bundle).splitlines() if line.startswith("**Compute:**")]
+    assert f"**Compute:** {seconds:.1f} s, {compute['total_wh'] * 1000:.2f} mWh in all" in line
+    assert "(cpu: typical cpu power (estimate))" in line and line.endswith(compute["note"])
+
+
+def test_the_summary_embeds_the_uploaded_pictures_or_names_the_local_files(tiny_bundle):
+    from tasks.s3 import UploadReport
+
+    pictures = {
+        "cover_titled.png": "titled cover",
+        "trace_forward.png": "forward process",
+        "trace_reverse.png": "reverse process",
+        "noise_schedule.png": "noise schedule",
+    }
+    local = _summary(tiny_bundle)
+    assert "![" not in local  # an image artifact needs a URL the UI can fetch
+    assert all(f"`{tiny_bundle / name}`" in local for name in list(pictures)[1:])
+
+    names = [a["name"] for a in _manifest(tiny_bundle)["assets"]]
+    links = {n: f"https://store.example/b/{n}?X-Amz-Signature=1" for n in names}
+    upload = UploadReport(
+        url="s3://b/p/", uploaded=names, skipped=[], bytes_sent=1, seconds=0.1, links=links, expires_in=3600,
+        verified_by={},
+    )  # fmt: skip
+    uploaded = _summary(tiny_bundle, upload)
+    for name, alt in pictures.items():
+        assert f"![The Forest of Glowing Things, {alt}]({links[name]})" in uploaded, name
+    assert "local files" not in uploaded
 
 
 def test_bundle_uploaded_to_s3_with_links_and_no_secret(s3, tmp_path):
@@ -130,6 +187,7 @@ def test_bundle_uploaded_to_s3_with_links_and_no_secret(s3, tmp_path):
     markdown = artifacts[0].data
     assert "X-Amz-Signature=" in markdown and "presigned" in markdown  # each asset linked
     assert "11 uploaded" in markdown
+    assert "noise schedule](http" in markdown and "reverse process](http" in markdown  # pictures embedded
     everything = markdown + "\n".join(log.message for log in logs) + (local / "bundle.json").read_text()
     assert logs and TEST_SECRET_KEY not in everything
     manifest = client.get_object(Bucket=bucket, Key=url.split(bucket + "/", 1)[1] + "bundle.json")["Body"].read()
@@ -152,25 +210,32 @@ def test_generations_report_progress_artifacts(tiny_bundle):
     assert described >= {"image", "sound", "video"}  # each generation reached 100 %
 
 
-def test_compute_and_energy_per_asset(tiny_bundle):
-    compute = _manifest(tiny_bundle)["compute"]
-    per = compute["per_asset"]
-    assert {"cover", "sound_raw", "video", "cover_titled", "sound", "video_with_sound"} <= set(per)
-    for role, e in per.items():
-        assert e["seconds"] > 0 and e["energy_wh"] == pytest.approx(e["watts"] * e["seconds"] / 3600), role
+def test_compute_and_energy_for_every_asset_and_model_step(tiny_bundle):
+    from tasks.models import runtime
+
+    m = _manifest(tiny_bundle)
+    compute = m["compute"]
+    per_asset, per_step = compute["per_asset"], compute["per_step"]
+    assert set(per_asset) == {a["role"] for a in m["assets"]} and set(per_step) == {"cover_caption", "safety"}
+    entries = {**per_asset, **per_step}
+    for name, e in entries.items():
+        assert e["seconds"] > 0 and e["energy_wh"] == pytest.approx(e["watts"] * e["seconds"] / 3600), name
         assert e["source"] == "typical cpu power (estimate)"  # no NVML on a CPU; no GENBUNDLE_DEVICE_WATTS set
-    assert compute["total_wh"] == pytest.approx(sum(e["energy_wh"] for e in per.values()), abs=1e-5)
+    # Model steps say the device they ran on; post-processing is CPU work wherever the models run.
+    device = runtime().device
+    assert m["engines"]["image"]["device"] == device
+    for name in ("cover", "sound_raw", "video", "trace_forward", "trace_reverse", "cover_caption", "safety"):
+        assert entries[name]["device"] == device, name
+    for name in ("cover_titled", "sound", "video_with_sound", "poster", "noise_schedule"):
+        assert entries[name]["device"] == "cpu", name
+    assert compute["total_wh"] == pytest.approx(sum(e["energy_wh"] for e in entries.values()), abs=1e-5)
+    assert "upper bound" in compute["note"]  # cover, sound and video were metered alone while running at once
+    assert "compute" not in m["post_processing"]["cover_caption"]  # kept in one place
 
 
-def test_configured_device_power_is_used(monkeypatch):
-    from tasks.energy import estimate
-    from tasks.settings import get_settings
-
-    monkeypatch.setenv("GENBUNDLE_DEVICE_WATTS", "120")
-    get_settings.cache_clear()
-    try:
-        e = estimate(30.0, "cpu")
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
-    assert (e.watts, e.energy_wh, e.source) == (120.0, 1.0, "GENBUNDLE_DEVICE_WATTS")
+def test_timings_cover_every_stage_but_writing_the_manifest(tiny_bundle):
+    timings = _manifest(tiny_bundle)["timings_seconds"]
+    for stage in ("poster", "caption", "safety", "trace"):
+        assert timings[stage] > 0, stage
+    assert not {"manifest", "store"} & set(timings)  # the manifest holds the timings, so it is written after them
+    assert timings["total_before_store"] >= timings["cover"] + timings["safety"]  # the check waits for the cover

@@ -1,7 +1,7 @@
 import pytest
 
 from tasks.brief import BriefError, parse_brief
-from tasks.policy import check_prompt_policy
+from tasks.policy import check_jobs, check_prompt_policy
 from tasks.settings import get_settings
 
 
@@ -36,3 +36,62 @@ def test_blocked_terms_are_refused_with_the_field(blocked, brief, field, term):
 
 def test_no_policy_means_no_refusal():
     check_prompt_policy(parse_brief({"title": "T", "author": "A", "video": {"prompt": "gore"}}))
+
+
+@pytest.fixture
+def block(monkeypatch):
+    """Set GENBUNDLE_BLOCKED_TERMS for one test."""
+
+    def set_terms(terms: str) -> None:
+        monkeypatch.setenv("GENBUNDLE_BLOCKED_TERMS", terms)
+        get_settings.cache_clear()
+
+    yield set_terms
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def _jobs(brief):
+    from tasks.generation import resolve_job
+    from tasks.prompts import expand_prompts
+
+    prompts = expand_prompts.fn(brief)
+    return [resolve_job(brief, prompts, m) for m in ("image", "sound", "video")]
+
+
+def _added_by_expansion(brief) -> str:
+    """A word the expansion puts into the cover prompt that the brief does not have."""
+    from tasks.prompts import content_words
+
+    return min(content_words(_jobs(brief)[0].prompt) - content_words(brief.cover.prompt))
+
+
+def test_a_term_the_expansion_adds_is_refused_in_the_jobs(block):
+    brief = parse_brief({"title": "T", "author": "A"})
+    term = _added_by_expansion(brief)
+    block(term)
+    check_prompt_policy(brief)  # the brief itself is clean
+    with pytest.raises(BriefError, match=rf"^cover\.prompt \(as expanded\): refused by the prompt policy: .*'{term}'"):
+        check_jobs(_jobs(brief))
+
+
+def test_negative_prompts_may_name_blocked_terms(block):
+    """A negative prompt names terms to steer away from them: that is no reason to refuse."""
+    from tasks.prompts import content_words
+
+    jobs = _jobs(parse_brief({"title": "T", "author": "A"}))
+    only_negative = set().union(*(content_words(j.negative_prompt) for j in jobs))
+    only_negative -= set().union(*(content_words(j.prompt) for j in jobs))
+    assert "watermark" in only_negative
+    block(",".join(sorted(only_negative)))
+    check_jobs(jobs)
+
+
+def test_the_bundle_flow_refuses_expanded_prompts_before_generating(block, prefect_api, tmp_path):
+    from flows.bundle import asset_bundle
+
+    brief = parse_brief({"title": "T", "author": "A"})
+    block(_added_by_expansion(brief))
+    with pytest.raises(BriefError, match="as expanded"):
+        asset_bundle(brief, out=str(tmp_path))
+    assert not (tmp_path / ".work" / "cover").exists()  # nothing was generated

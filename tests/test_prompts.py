@@ -40,6 +40,15 @@ def test_long_prompt_is_trimmed_loudly_and_recorded(clip_tokenizer, caplog):
     assert "longer than 77 tokens" in caplog.text and "no room" in caplog.text
 
 
+def test_long_negative_prompt_is_trimmed_loudly_and_recorded(clip_tokenizer, caplog):
+    long = ", ".join(f"blur{i}" for i in range(120))
+    with caplog.at_level(logging.WARNING, logger="genbundle.prompts"):
+        p = expand_one("image", "a red dragon", long, clip_tokenizer)
+    assert p.negative_tokens <= 77
+    assert p.negative_trimmed and p.negative_prompt + " " + p.negative_trimmed == long
+    assert "negative prompt is too long" in caplog.text
+
+
 def test_negative_prompt_override(clip_tokenizer):
     p = expand_one("image", "a red dragon", "people, crowds", clip_tokenizer)
     assert p.negative_prompt == "people, crowds"

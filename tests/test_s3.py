@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TEST_SECRET_KEY
-from loopback_s3 import FaultyProxy
+from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from loopback_s3 import RESET, FaultyProxy
 
 from tasks.manifest import describe_asset
 from tasks.s3 import S3Location, StorageError, check_bucket, list_bundles, parse_s3_url, upload_bundle_dir
@@ -130,6 +131,60 @@ def test_a_store_that_stays_down_gives_one_line(s3, proxy, bundle, monkeypatch):
     with pytest.raises(StorageError) as err:
         upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/p"))
     assert "SlowDown (HTTP 503)" in str(err.value) and "intact at" in str(err.value)
+    assert max(Counter(path for _, path, _ in proxy.failed).values()) >= 2  # retried before giving up
+
+
+def test_connection_resets_are_retried(s3, proxy, bundle):
+    _, _, bucket = s3
+    budget = {"left": 2}
+
+    def reset(method, path):
+        if method == "PUT" and budget["left"] > 0:
+            budget["left"] -= 1
+            return RESET
+        return None
+
+    proxy.rules.append(reset)
+    report = upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/p"))
+    assert [status for _, _, status in proxy.failed] == [RESET, RESET] and len(report.uploaded) == 11
+    assert verify_bundle(f"s3://{bucket}/p/{_manifest(bundle)['bundle_id']}").ok
+
+
+def test_an_object_corrupted_in_transit_is_taken_down_and_sent_again(s3, proxy, bundle, monkeypatch):
+    client, _, bucket = s3
+    _setting(monkeypatch, s3_checksums="off")  # no checksum sent, so the store keeps what it got
+    flipped = []
+
+    def flip_one_byte(method, path, body):
+        if method == "PUT" and path.split("?")[0].endswith("/engine.wav") and not flipped:
+            flipped.append(path)
+            return body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
+        return body
+
+    proxy.mutators.append(flip_one_byte)
+    target = parse_s3_url(f"s3://{bucket}/p")
+    with pytest.raises(StorageError, match="engine.wav does not match its SHA-256 after upload") as err:
+        upload_bundle_dir(bundle, target)
+    assert flipped and "\n" not in str(err.value)
+    prefix = f"p/{_manifest(bundle)['bundle_id']}/"
+    stored = _keys(client, bucket, prefix)
+    assert prefix + "engine.wav" not in stored and prefix + "bundle.json" not in stored  # nothing to skip by mistake
+
+    proxy.mutators.clear()
+    report = upload_bundle_dir(bundle, target)
+    assert sorted(report.uploaded) == ["bundle.json", "engine.wav"]
+    assert verify_bundle(f"s3://{bucket}/{prefix}").ok
+
+
+def test_multipart_uploads_left_by_a_killed_run_are_aborted(s3, bundle):
+    client, _, bucket = s3
+    prefix = f"p/{_manifest(bundle)['bundle_id']}/"
+    left = client.create_multipart_upload(Bucket=bucket, Key=prefix + "car_with_sound.mp4")["UploadId"]
+    client.upload_part(Bucket=bucket, Key=prefix + "car_with_sound.mp4", UploadId=left, PartNumber=1, Body=b"x" * 1024)
+    other = client.create_multipart_upload(Bucket=bucket, Key="elsewhere/big.bin")["UploadId"]
+    upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/p"))
+    in_progress = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    assert left not in in_progress and other in in_progress  # only the bundle's own prefix is cleared
 
 
 def test_unreachable_endpoint(monkeypatch, bundle):
@@ -233,6 +288,7 @@ def test_presigned_links_work_and_hold_no_secret(s3, bundle, monkeypatch):
     assert report.expires_in == 600
     link = report.links["cover.png"]
     assert "X-Amz-Expires=600" in link
+    assert TEST_ACCESS_KEY in link  # inherent to presigning: the key ID, never the secret
     assert TEST_SECRET_KEY not in json.dumps(report.model_dump())
     with urllib.request.urlopen(link) as resp:
         assert hashlib.sha256(resp.read()).hexdigest() == describe_asset(bundle / "cover.png", "cover")["sha256"]
@@ -242,7 +298,9 @@ def test_ls_lists_bundles_with_titles(s3, bundle):
     client, _, bucket = s3
     upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/shelf"))
     client.put_object(Bucket=bucket, Key="shelf/half-done-123/cover.png", Body=b"x")
+    client.put_object(Bucket=bucket, Key="shelf/.work/cover/0123abcd/result.json", Body=b"{}")  # the work area
     listing = {b.bundle_id: b for b in list_bundles(parse_s3_url(f"s3://{bucket}/shelf"))}
+    assert set(listing) == {_manifest(bundle)["bundle_id"], "half-done-123"}
     done = listing[_manifest(bundle)["bundle_id"]]
     assert done.title == "The Forest of Glowing Things" and done.assets == 10 and done.created
     assert listing["half-done-123"].title is None
@@ -274,3 +332,72 @@ def test_client_configuration_follows_the_environment(monkeypatch):
     with pytest.raises(StorageError, match="AWS_PROFILE"):
         s3_client()
     get_settings.cache_clear()
+
+
+def test_region_comes_from_the_profile_unless_aws_region_is_set(tmp_path, monkeypatch):
+    from tasks.s3 import s3_client
+
+    config = tmp_path / "config"
+    config.write_text("[profile team]\nregion = eu-west-3\n\n[profile bare]\n")
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[team]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    assert s3_client().meta.region_name == "eu-west-3"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert s3_client().meta.region_name == "ap-south-1"
+    monkeypatch.setenv("AWS_REGION", "ca-central-1")
+    assert s3_client().meta.region_name == "ca-central-1"
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_PROFILE", "bare")
+    assert s3_client().meta.region_name == "us-east-1"  # no region anywhere
+    get_settings.cache_clear()
+
+
+# --- the work area's mirror when the store is down -------------------------------------------
+
+
+def test_work_mirror_failures_warn_once_and_the_steps_go_on_locally(s3, proxy, tmp_path, monkeypatch, caplog):
+    from tasks.workspace import StepResult, Workspace
+
+    _, _, bucket = s3
+    _setting(monkeypatch, s3_max_attempts=2)
+    proxy.rules.append(lambda method, path: 503)  # the store is down
+    remote = f"s3://{bucket}/p/.work"
+    step = Workspace(root=str(tmp_path / "work"), remote=remote).step("cover", {"seed": 1})
+    with caplog.at_level("WARNING", logger="tasks.workspace"):
+        assert step.load(StepResult) is None  # the remote copy could not be looked up: made here instead
+        step.file("cover.png").write_bytes(b"png")
+        saved = step.save(StepResult(path=str(step.folder / "cover.png")))
+    assert step.load(StepResult).path == saved.path
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]  # once, then it rests
+    assert remote in warning and "SlowDown" in warning and "\n" not in warning and TEST_SECRET_KEY not in warning
+    assert len(proxy.failed) == 2  # two attempts at the first transfer, none at the second
+
+    dispatched = Workspace(root=str(tmp_path / "work2"), remote=remote, mirror_required=True).step("cover", {"seed": 1})
+    dispatched.file("cover.png").write_bytes(b"png")
+    with pytest.raises(StorageError, match="SlowDown"):  # workers hand files over only through the mirror
+        dispatched.save(StepResult(path=str(dispatched.folder / "cover.png")))
+
+
+def test_a_store_down_after_preflight_leaves_the_bundle_complete_locally(prefect_api, s3, proxy, tmp_path, monkeypatch):
+    from flows.bundle import asset_bundle
+    from tasks.brief import parse_brief
+    from tasks.storage import bundle_id
+
+    _, _, bucket = s3
+    _setting(monkeypatch, s3_max_attempts=2)
+    # The bucket answers the preflight; then every request fails: generation mirrors, upload.
+    proxy.rules.append(lambda method, path: None if method == "HEAD" and path.rstrip("/") == f"/{bucket}" else 503)
+    brief = parse_brief({"title": "Roads Under Rain", "author": "B. Writer"})
+    with pytest.raises(StorageError) as err:
+        asset_bundle(brief, out=str(tmp_path), storage=f"s3://{bucket}/p")
+    local = tmp_path / bundle_id(brief)
+    assert "\n" not in str(err.value) and f"the bundle is intact at {local}" in str(err.value)
+    assert verify_bundle(str(local)).ok
+    assert any(".work" in path for _, path, _ in proxy.failed)  # the mirror was tried during generation

@@ -12,9 +12,12 @@ from tasks.safety import check_cover_safety, load_safety_checker
 from tasks.workspace import StepResult
 
 
-def test_the_verdict_is_in_the_manifest(tiny_bundle):
-    safety = json.loads((tiny_bundle / "bundle.json").read_text())["post_processing"]["safety"]
+def test_the_verdict_and_its_compute_are_in_the_manifest(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "bundle.json").read_text())
+    safety = manifest["post_processing"]["safety"]
     assert safety == {"checker": "StableDiffusionSafetyChecker", "flagged": False, "action": "blur", "applied": "none"}
+    compute = manifest["compute"]["per_step"]["safety"]
+    assert compute["seconds"] > 0 and compute["device"] == manifest["engines"]["image"]["device"]
 
 
 @pytest.fixture
@@ -69,3 +72,4 @@ def test_a_dropped_cover_leaves_no_cover_assets(prefect_api, tmp_path, monkeypat
     roles = {a["role"] for a in manifest["assets"]}
     assert not roles & {"cover", "cover_titled", "trace_forward"} and {"video_with_sound", "sound"} <= roles
     assert manifest["post_processing"]["safety"]["applied"] == "dropped"
+    assert "safety" in manifest["compute"]["per_step"] and "cover" not in manifest["compute"]["per_asset"]

@@ -1,9 +1,25 @@
 """The diffusion trace: forward and reverse filmstrips and the noise schedule, from the real pipeline."""
 
+import re
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from tasks.trace import FORWARD_TIMESTEPS, FRAMES
+
+
+def _frames(strip_path, frame_size) -> list[np.ndarray]:
+    """The frames of a filmstrip: side by side along its bottom edge, under the labels."""
+    w, h = frame_size
+    with Image.open(strip_path) as im:
+        strip = np.asarray(im.convert("RGB"), dtype=float)
+    return [strip[-h:, i * w : (i + 1) * w] for i in range(strip.shape[1] // w)]
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=float)
 
 
 def test_trace_images_are_in_the_bundle(tiny_bundle):
@@ -21,10 +37,60 @@ def test_trace_images_are_in_the_bundle(tiny_bundle):
 
 
 def test_forward_frames_lose_the_cover_as_noise_grows(tiny_bundle):
-    """The first frame (t=0) decodes the clean latents; later ones drift away from it."""
-    with Image.open(tiny_bundle / "trace_forward.png") as im, Image.open(tiny_bundle / "cover.png") as cover:
-        strip = np.asarray(im.convert("RGB"), dtype=float)
-        w, h = cover.size
-    frames = [strip[-h:, i * w : (i + 1) * w] for i in range(len(FORWARD_TIMESTEPS))]
-    drift = [np.abs(f - frames[0]).mean() for f in frames]
-    assert drift[0] == 0 and drift[-1] > drift[1] > 0
+    """Later frames (more noise) drift further from the t=0 frame, the clean latents decoded."""
+    with Image.open(tiny_bundle / "cover.png") as cover:
+        frames = _frames(tiny_bundle / "trace_forward.png", cover.size)
+    drift = [np.abs(f - frames[0]).mean() for f in frames[1:]]
+    assert len(frames) == len(FORWARD_TIMESTEPS) and drift[-1] > drift[0] > 0
+
+
+def test_the_last_reverse_frame_is_the_cover(tiny_bundle):
+    """The final latents, decoded, are what the pipeline turned into the cover."""
+    cover = _pixels(tiny_bundle / "cover.png")
+    last = _frames(tiny_bundle / "trace_reverse.png", cover.shape[1::-1])[-1]
+    assert np.abs(last - cover).mean() < 0.5 and np.abs(last - cover).max() <= 2
+
+
+def test_pndm_reverse_trace_keeps_the_final_step_labelled_by_the_schedulers_timesteps(workspace):
+    """PNDM runs one more iteration than the steps asked for; the trace follows its timesteps to the end."""
+    from tasks.generation import Job
+    from tasks.image import generate_cover
+    from tasks.models import ENGINES, load_pipeline, tiny_cache_dir
+    from tasks.trace import trace_diffusion
+
+    size = ENGINES["image"].defaults("tiny")
+    job = Job(
+        modality="image", profile="tiny", model=tiny_cache_dir().name, prompt="a lighthouse in a storm",
+        negative_prompt="", steps=4, guidance=7.5, scheduler="pndm", seed=5, width=size.width, height=size.height,
+    )  # fmt: skip
+    cover = generate_cover.fn(job, workspace)
+    trace = trace_diffusion.fn(cover, "tiny", workspace, seed=5)
+
+    scheduler = load_pipeline("image", "tiny").pipe.scheduler
+    assert type(scheduler).__name__ == "PNDMScheduler"
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(job.steps)
+    timesteps = [int(t) for t in fresh.timesteps]
+    assert len(timesteps) == job.steps + 1
+
+    kept = [
+        tuple(map(int, re.fullmatch(r"step (\d+)  after t=(\d+)", label).groups())) for label in trace.reverse_labels
+    ]
+    steps = [s for s, _ in kept]
+    assert len(kept) == min(FRAMES, len(timesteps)) and steps == sorted(set(steps))
+    assert steps[0] == 1 and steps[-1] == len(timesteps)  # the first and the final step are both kept
+    assert all(timesteps[s - 1] == t for s, t in kept)  # each label names the step's own timestep
+
+    pixels = _pixels(cover.path)
+    frames = _frames(trace.reverse_path, pixels.shape[1::-1])
+    assert len(frames) == len(kept)
+    assert np.abs(frames[-1] - pixels).max() <= 2
+    assert np.abs(frames[0] - pixels).mean() > 1  # the first step's latents are still far from it
+
+
+@pytest.mark.parametrize("role", ["trace_forward", "trace_reverse", "noise_schedule"])
+def test_each_trace_picture_has_its_compute(tiny_bundle, role):
+    import json
+
+    entry = json.loads((tiny_bundle / "bundle.json").read_text())["compute"]["per_asset"][role]
+    assert entry["seconds"] > 0 and entry["device"] == "cpu"  # the VAE runs on the runtime device: here the CPU
