@@ -12,9 +12,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
 from flows.bundle import asset_bundle, preflight
-from flows.generate import dispatch_generations
+from flows.generate import CoverFinish, DispatchError, dispatch_generations
 from tasks.brief import Brief, BriefError, load_briefs_file
 from tasks.generation import resolve_job
+from tasks.policy import check_jobs
 from tasks.prompts import expand_prompts
 from tasks.storage import storage_target
 from tasks.workspace import Workspace
@@ -50,9 +51,9 @@ def asset_bundle_batch(
     def make(label: str, brief: Brief) -> dict:
         started = time.perf_counter()
         try:
-            location = asset_bundle(brief, out=out, storage=storage)
+            location = asset_bundle(brief, out=out, storage=storage, dispatch=dispatch)
             status, detail = "done", location
-        except Exception as err:  # one brief's failure is reported, the others go on
+        except Exception as err:  # noqa: BLE001 - one brief's failure is reported, the others go on
             status, detail = "failed", f"{type(err).__name__}: {err}"
         return {
             "brief": label,
@@ -83,17 +84,37 @@ def asset_bundle_batch(
 
 
 def _pregenerate(briefs: dict[str, Brief], out: str | None, storage: str | None, rows: dict[str, dict]) -> None:
-    """Dispatch every brief's generations at once, one run per modality; bad briefs are marked."""
+    """Dispatch every brief's generations at once, one run per modality; then each bundle's own
+    dispatch finds them finished. A brief whose checks or generations failed is marked, with why."""
     workspace = Workspace.for_storage(out, storage)
     jobs: dict[str, list] = {"image": [], "sound": [], "video": []}
+    labels, finish = [], []  # per job index: its brief, its cover's finishing steps
+
+    def failed(label: str, why: str) -> None:
+        rows[label] = {"brief": label, "title": briefs[label].title, "status": "failed", "detail": why}
+
     for label, brief in briefs.items():
         try:
-            preflight(brief, storage)
-        except Exception as err:
-            rows[label] = {"brief": label, "title": brief.title, "status": "failed", "detail": str(err)}
+            preflight(brief, storage, dispatch=True)
+            prompts = expand_prompts(brief)
+            resolved = {m: resolve_job(brief, prompts, m) for m in jobs}
+            check_jobs(resolved.values())  # as the bundle flow does, before anything is generated
+        except Exception as err:  # noqa: BLE001 - this brief is reported; the others go on
+            failed(label, f"{type(err).__name__}: {err}")
             continue
-        prompts = expand_prompts(brief)
-        for modality in jobs:
-            jobs[modality].append(resolve_job(brief, prompts, modality))
-    if any(jobs.values()):
-        dispatch_generations(jobs, workspace)
+        labels.append(label)
+        finish.append(CoverFinish.for_brief(brief))
+        for modality, job in resolved.items():
+            jobs[modality].append(job)
+    if not labels:
+        return
+    try:
+        made = dispatch_generations(jobs, workspace, finish)
+    except Exception as err:  # noqa: BLE001 - no run could start (e.g. no deployment): every brief, with why
+        for label in labels:
+            failed(label, f"{type(err).__name__}: {err}")
+        return
+    for i, label in enumerate(labels):
+        errors = [str(results[i]) for results in made.values() if isinstance(results[i], DispatchError)]
+        if errors:
+            failed(label, "; ".join(errors))

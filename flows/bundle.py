@@ -6,7 +6,7 @@ import time
 
 from prefect import flow, get_run_logger
 
-from flows.generate import dispatch_generations
+from flows.generate import CoverFinish, dispatch_generations, raise_failures
 from tasks.artifacts import publish_summary
 from tasks.audio import generate_sound, normalise_sound
 from tasks.brief import Brief
@@ -37,16 +37,21 @@ def _font(brief: Brief) -> str | None:
     return str(brief.cover.font) if brief.cover.font else None
 
 
-def preflight(brief: Brief, storage: str | None = None) -> None:
+def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) -> None:
     """What can be checked before any model loads: the prompt policy, the title fits the cover,
-    the weights are there, the bucket is reachable."""
+    the weights are there, the bucket is reachable.
+
+    Dispatched, the weights are not looked for here: the GPU pools load every model (the image
+    pool the safety checker and captioner too) and a worker without them fails its job, saying so.
+    """
     check_prompt_policy(brief)
     defaults = ENGINES["image"].defaults(brief.models)
     size = (brief.cover.width or defaults.width, brief.cover.height or defaults.height)
     check_title_fits(size, brief.title, brief.author, brief.tagline, _font(brief))
-    check_models_available(brief.models)
-    if get_settings().safety == "on":
-        safety_checker_folder(brief.models)
+    if not dispatch:
+        check_models_available(brief.models)
+        if get_settings().safety == "on":
+            safety_checker_folder(brief.models)
     if is_s3_url(storage):
         check_bucket(parse_s3_url(storage))
 
@@ -143,7 +148,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     started = time.perf_counter()
     storage = storage_target(storage)
     out = str(out_root(out, storage))  # a local storage setting is the same as --out
-    preflight(brief, storage)
+    preflight(brief, storage, dispatch)
     workspace = Workspace.for_storage(out, storage)
     logger.info("bundle %s, models %s", bundle_id(brief), brief.models)
     if brief.models == "tiny":
@@ -154,8 +159,9 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     jobs = {m: resolve_job(brief, prompts, m) for m in ("image", "sound", "video")}
     check_jobs(jobs.values())  # the prompts as expanded (or rewritten) are what the models get
 
-    if dispatch:
-        made = dispatch_generations({m: [job] for m, job in jobs.items()}, workspace)
+    if dispatch:  # the image pool also makes the cover's safety check, caption and trace: found finished below
+        made = dispatch_generations({m: [job] for m, job in jobs.items()}, workspace, [CoverFinish.for_brief(brief)])
+        made = raise_failures(made)
         cover, sound, video = made["image"][0], made["sound"][0], made["video"][0]
     else:
         cover = generate_cover.submit(jobs["image"], workspace)

@@ -311,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser("deploy", help="create the work pools, the gpu limit and the deployments on the server")
     deploy.add_argument("--pool-type", choices=["process", "docker", "kubernetes"], default="process")
-    deploy.add_argument("--gpu-slots", type=int, default=1, help="generation tasks allowed at once (per GPU)")
+    deploy.add_argument(
+        "--gpu-slots", type=int, default=1,
+        help="generation tasks at once across the whole server, and flow runs at once per GPU pool (default 1)",
+    )  # fmt: skip
     deploy.set_defaults(func=cmd_deploy)
 
     submit = sub.add_parser("submit", help="submit a brief to the server: the on-brief deployment makes it")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tasks.errors import UserError
@@ -14,37 +16,64 @@ PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOLS_DIR = REPO / "deployments" / "pools"
 CPU_POOL = "cpu"
 GPU_POOLS = ("gpu-image", "gpu-audio", "gpu-video")
-GPU_TAG = "gpu"  # the generation tasks' tag; a concurrency limit on it keeps a GPU from oversubscription
+# The generation tasks' tag. A tag concurrency limit counts across the whole server, not per
+# machine or per GPU: for N GPUs, allow N. Per machine: one worker per GPU, started with `--limit`.
+GPU_TAG = "gpu"
 BRIEF_EVENT = "genbundle.brief.submitted"
+CPU_IMAGE = "genbundle:cpu"  # docker/Dockerfile's CPU flavour; the GPU templates name genbundle:cuda
 
 
 def _prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "prefect", *args]
     # Deployments point workers at GENBUNDLE_CHECKOUT (in the images: /app), else at this checkout.
     env = {"GENBUNDLE_CHECKOUT": str(REPO)} | os.environ
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=env)
     if check and result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise UserError(f"`prefect {' '.join(args)}` failed: {' '.join(tail)}")
     return result
 
 
-def _template(pool_type: str, gpu: bool) -> list[str]:
-    name = {"process": "process.json", "docker": "docker-gpu.json", "kubernetes": "kubernetes-gpu.json"}[pool_type]
-    if pool_type != "process" and not gpu:
-        return []  # the worker type's own default
-    return ["--base-job-template", str(POOLS_DIR / name)]
+def _template(pool_type: str, pool: str, folder: Path) -> Path:
+    """The pool's base job template: process.json, or for docker and kubernetes the GPU template,
+    which the CPU pool takes with the CPU image and no GPU request (written into `folder`)."""
+    if pool_type == "process":
+        return POOLS_DIR / "process.json"
+    gpu = POOLS_DIR / f"{pool_type}-gpu.json"
+    if pool != CPU_POOL:
+        return gpu
+    template = json.loads(gpu.read_text())
+    variables = template["variables"]["properties"]
+    variables["image"]["default"] = CPU_IMAGE
+    if pool_type == "docker":
+        variables["container_create_kwargs"] |= {"default": {}, "description": "Extra docker-py create arguments."}
+    else:
+        pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+        pod["containers"][0]["resources"]["limits"].pop("nvidia.com/gpu")
+        pod.pop("tolerations")
+        variables.pop("gpu_count")
+    path = folder / f"{pool_type}-cpu.json"
+    path.write_text(json.dumps(template, indent=2))
+    return path
 
 
 def deploy(pool_type: str = "process", gpu_slots: int = 1, log=print) -> None:
-    """Create (or update) the work pools, the gpu concurrency limit, and every deployment."""
-    for pool in (CPU_POOL, *GPU_POOLS):
-        _prefect(
-            "work-pool", "create", pool, "--type", pool_type, *_template(pool_type, pool != CPU_POOL), "--overwrite"
-        )
-        log(f"work pool {pool} ({pool_type})")
+    """Create (or update) the work pools, the gpu limits, and every deployment.
+
+    `gpu_slots` bounds generation tasks at once across the server (the `gpu` tag limit) and
+    flow runs at once per GPU pool (each run holds its own copy of the pool's models).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        for pool in (CPU_POOL, *GPU_POOLS):
+            template = _template(pool_type, pool, Path(folder))
+            _prefect(
+                "work-pool", "create", pool, "--type", pool_type, "--base-job-template", str(template), "--overwrite"
+            )
+            if pool != CPU_POOL:
+                _prefect("work-pool", "set-concurrency-limit", pool, str(gpu_slots))
+            log(f"work pool {pool} ({pool_type}{f', {gpu_slots} run(s) at a time' if pool != CPU_POOL else ''})")
     _set_gpu_limit(gpu_slots)
-    log(f"concurrency limit: {gpu_slots} task(s) tagged '{GPU_TAG}' at a time")
+    log(f"concurrency limit: {gpu_slots} task(s) tagged '{GPU_TAG}' at a time, across the server")
     _prefect("--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--all")
     log(f"deployments from {PREFECT_FILE.relative_to(REPO)}")
 

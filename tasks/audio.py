@@ -41,7 +41,7 @@ def write_wav(path: Path, samples: np.ndarray, rate: int, disclosure: Disclosure
         out.write(samples)
 
 
-@task(name="generate-sound", tags=["gpu"])
+@task(name="diffuse-sound", tags=["gpu"])  # not "generate-sound": that is the flow
 def generate_sound(job: Job, workspace: Workspace) -> Generated:
     """Generate the engine sound as a WAV at the vocoder's own rate in the work area (or find it there)."""
     step = generation_step(job, workspace, "sound", __name__)

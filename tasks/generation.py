@@ -168,5 +168,13 @@ def disclosure_for(job: Job, engine: Engine, title: str) -> Disclosure:
 
 
 def generation_step(job: Job, workspace: Workspace, kind: str, module_name: str) -> Step:
-    """The work-area folder of one generation: keyed by the job and the code that runs it."""
-    return workspace.step(kind, job.model_dump(mode="json"), sys.modules[module_name], sys.modules[__name__])
+    """The work-area folder of one generation: keyed by the job, the device and dtype it runs in
+    (fp16 on CUDA and fp32 on CPU give different outputs), and the code that loads and runs it.
+
+    The runtime is chosen once per process, so a key is stable within a run and across CPU runs;
+    only the process that generates can compute it (see flows/generate.py for dispatched jobs).
+    """
+    rt = runtime()
+    inputs = job.model_dump(mode="json") | {"device": rt.device, "dtype": rt.dtype_name}
+    code = (sys.modules[module_name], sys.modules[__name__], sys.modules[runtime.__module__])
+    return workspace.step(kind, inputs, *code)

@@ -15,7 +15,7 @@ COVER_NAME = "cover.png"
 REVERSE_TRACE_NAME = "reverse_trace.pt"  # latents at a few denoising steps, for the diffusion trace
 
 
-@task(name="generate-cover", tags=["gpu"])
+@task(name="diffuse-cover", tags=["gpu"])  # not "generate-cover": that is the flow
 def generate_cover(job: Job, workspace: Workspace) -> Generated:
     """Generate the cover art as PNG in the work area (or find it there, made before)."""
     step = generation_step(job, workspace, "cover", __name__)

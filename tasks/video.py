@@ -45,7 +45,7 @@ def _metadata(disclosure: Disclosure | None) -> list[str]:
     return ffmpeg_metadata(disclosure) if disclosure is not None else []
 
 
-@task(name="generate-video", tags=["gpu"])
+@task(name="diffuse-video", tags=["gpu"])  # not "generate-video": that is the flow
 def generate_video(job: Job, workspace: Workspace) -> Generated:
     """Generate the clip and encode it as a silent H.264 MP4 in the work area (or find it there)."""
     step = generation_step(job, workspace, "video", __name__)

@@ -11,7 +11,7 @@ from tasks.brief import load_briefs_file
 def test_briefs_from_csv_with_dotted_headers(tmp_path):
     path = tmp_path / "briefs.csv"
     path.write_text("title,author,seed,cover.width,sound.prompt\nA,B,3,512,a diesel idling\nC,,1,,\n")
-    (label_ok, ok), (label_bad, bad) = load_briefs_file(path)
+    (_, ok), (label_bad, bad) = load_briefs_file(path)
     assert (ok.title, ok.seed, ok.cover.width, ok.sound.prompt) == ("A", 3, 512, "a diesel idling")
     assert label_bad == "briefs.csv:3" and "author: is required" in str(bad)
 
@@ -40,3 +40,19 @@ def test_batch_reports_failures_and_makes_the_rest(prefect_api, tmp_path):
 def test_missing_briefs_file(prefect_api, tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         asset_bundle_batch(str(tmp_path / "nope.jsonl"))
+
+
+def test_a_dispatched_batch_reports_generations_that_cannot_start(prefect_api, tmp_path):
+    """No generation deployments on this server: every brief is reported with why, none is lost."""
+    briefs = tmp_path / "briefs.jsonl"
+    lines = [
+        {"title": "Never Dispatched", "author": "A"},
+        {"title": "Pneumonoultramicroscopicsilicovolcanoconiosis" * 2, "author": "B"},
+    ]
+    briefs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    state = asset_bundle_batch(str(briefs), out=str(tmp_path / "out"), dispatch=True, return_state=True)
+    assert state.is_failed() and "0 of 2 bundles made" in state.message
+    no_pool, too_long = state.result(raise_on_failure=False)
+    assert no_pool["status"] == "failed" and "no deployment generate-" in no_pool["detail"]
+    assert "genbundle deploy" in no_pool["detail"]
+    assert too_long["status"] == "failed" and "title: does not fit" in too_long["detail"]

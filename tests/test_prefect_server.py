@@ -1,8 +1,10 @@
 """Integration: a real `prefect server`, the work pools and deployments made by `genbundle deploy`,
-process workers for each pool, a dispatched bundle run and an event-triggered one."""
+process workers for each pool, a dispatched bundle run, a dispatched batch with a failing brief,
+the nightly schedule's commands, and an event-triggered run."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tasks.models import ensure_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ("cpu", "gpu-image", "gpu-audio", "gpu-video")
@@ -33,6 +37,27 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _api(env: dict, path: str, body: dict | None = None):
+    """GET (or POST `body` to) the server's REST API; returns the decoded JSON."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        env["PREFECT_API_URL"] + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _prefect(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args], check=False, env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def _generation_runs(env: dict, flow: str = "generate-cover") -> int:
+    return _api(env, "/flow_runs/count", {"flows": {"name": {"any_": [flow]}}})
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -45,9 +70,19 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Server + deployments + one process worker per pool; yields (env, bundles folder, log folder)."""
+    """Server + deployments + one process worker per pool; yields (env, bundles folder, log folder,
+    the cpu worker's model cache).
+
+    The `full` profile points at folders that hold only the pipelines' tokenizers: enough for the
+    cpu pool (prompt expansion), not for a GPU pool, so a full brief fails on the GPU workers.
+    The cpu worker has a model cache of its own, to show which models it built.
+    """
     home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
+    tokenizers_only = {}
+    for modality in ("image", "sound", "video"):
+        tokenizers_only[f"GENBUNDLE_{modality.upper()}_MODEL"] = str(home / "full" / modality)
+        shutil.copytree(ensure_tiny_model(modality) / "tokenizer", home / "full" / modality / "tokenizer")
     env = os.environ | {
         "PREFECT_HOME": str(home / "home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
@@ -57,14 +92,18 @@ def stack(tmp_path_factory):
         "PREFECT_LOGGING_LEVEL": "INFO",
         "GENBUNDLE_OUT": str(home / "bundles"),
         "PYTHONPATH": str(REPO),
+        **tokenizers_only,
     }
+    cpu_models = home / "cpu-models"
     logs = home / "logs"
     logs.mkdir()
     procs = []
 
-    def spawn(name, *args):
-        log = open(logs / f"{name}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    def spawn(name, *args, **extra_env):
+        with open(logs / f"{name}.log", "w") as log:  # the child keeps its own handle
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *args], env=env | extra_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            )
         procs.append(proc)
         return proc
 
@@ -81,12 +120,13 @@ def stack(tmp_path_factory):
         _wait_for(healthy, 120, "the Prefect server")
         deployed = subprocess.run(
             [sys.executable, "-m", "flows.cli", "deploy", "--gpu-slots", "3"],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+            check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert deployed.returncode == 0, deployed.stderr + deployed.stdout
         for pool in POOLS:
-            spawn(f"worker-{pool}", "prefect", "worker", "start", "--pool", pool, "--type", "process")
-        yield env, Path(env["GENBUNDLE_OUT"]), logs
+            models = {"GENBUNDLE_MODEL_CACHE": str(cpu_models)} if pool == "cpu" else {}
+            spawn(f"worker-{pool}", "prefect", "worker", "start", "--pool", pool, "--type", "process", **models)
+        yield env, Path(env["GENBUNDLE_OUT"]), logs, cpu_models
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -100,30 +140,97 @@ def _bundles(out: Path) -> dict[str, dict]:
     return found
 
 
+def test_deploy_sets_the_gpu_limits(stack):
+    env, *_ = stack
+    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 3  # --gpu-slots 3, server-wide
+    for pool in POOLS:
+        assert _api(env, f"/work_pools/{pool}")["concurrency_limit"] == (None if pool == "cpu" else 3)
+
+
+def _no_image_models_built(cpu_models: Path) -> None:
+    """The cpu worker built the pipelines whose tokenizers expand the prompts, but no captioner or
+    safety checker: the image pool did all the image-model work."""
+    built = {p.name for p in cpu_models.glob("tiny-*/*")}
+    assert "caption" not in built and "safety" not in built, built
+
+
 def test_dispatched_bundle_through_the_gpu_pools(stack):
-    env, out, logs = stack
+    env, out, logs, cpu_models = stack
     started = time.perf_counter()
-    run = subprocess.run(
-        [sys.executable, "-m", "prefect", "deployment", "run", "asset-bundle/dispatched", "--watch", "--watch-timeout", "600"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=700,
-    )  # fmt: skip
+    run = _prefect(
+        env, "deployment", "run", "asset-bundle/dispatched", "--watch", "--watch-timeout", "600", timeout=700
+    )
     seconds = time.perf_counter() - started
     assert run.returncode == 0, run.stdout[-3000:] + "\n" + (logs / "worker-cpu.log").read_text()[-3000:]
     bundle = _bundles(out)["The Glowing Forest"]
     assert len(bundle["assets"]) == 10
     for pool in ("gpu-image", "gpu-audio", "gpu-video"):  # each generation ran on its own pool's worker
         assert "Completed" in (logs / f"worker-{pool}.log").read_text()
+    # Made on the pools, found finished by the bundle flow: the cover (safety-checked) and its trace.
+    assert {bundle["steps"][role] for role in ("cover", "sound_raw", "video", "trace_forward")} == {"reused"}
+    _no_image_models_built(cpu_models)
+    names = [r["name"] for r in _api(env, "/flow_runs/filter", {"flows": {"name": {"any_": ["generate-cover"]}}})]
+    assert names and all(n.startswith("cover-a-mystical-forest-with-ancient-seed0") for n in names), names
     print(f"\ndispatched bundle: trigger to bundle {seconds:.1f} s")
 
 
+def test_dispatched_batch_reports_the_brief_whose_generations_failed(stack, tmp_path):
+    env, out, logs, cpu_models = stack
+    briefs = tmp_path / "briefs.jsonl"
+    lines = [
+        {"title": "Batch Dispatch One", "author": "A", "seed": 11},
+        {"title": "Batch Dispatch Full", "author": "B", "models": "full"},  # the GPU pools lack its weights
+        {"title": "Batch Dispatch Two", "author": "C", "seed": 12},
+    ]
+    briefs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    covers_before = _generation_runs(env)
+    run = _prefect(
+        env, "deployment", "run", "asset-bundle-batch/batch", "--param", f"briefs_file={briefs}",
+        "--param", "dispatch=true", "--watch", "--watch-timeout", "600", timeout=700,
+    )  # fmt: skip
+    assert run.returncode != 0, "the batch should end Failed: one brief could not be made"
+    made = _bundles(out)
+    assert "Batch Dispatch One" in made and "Batch Dispatch Two" in made, (logs / "worker-cpu.log").read_text()[-3000:]
+    assert "Batch Dispatch Full" not in made
+    latest = {"artifacts": {"key": {"any_": ["batch-report"]}}, "sort": "CREATED_DESC"}
+    data = _api(env, "/artifacts/filter", latest)[0]["data"]
+    report = json.loads(data) if isinstance(data, str) else data
+    assert [r["status"] for r in report] == ["done", "failed", "done"], report
+    assert "generate-cover/gpu-image run 'cover-" in report[1]["detail"]
+    assert "model_index.json" in report[1]["detail"]  # the worker's own words: no pipeline in that folder
+    # One cover run served the whole batch; the bundles found its outputs and started none.
+    assert _generation_runs(env) == covers_before + 1
+    _no_image_models_built(cpu_models)
+
+
+def test_the_schedule_commands_in_the_readme(stack):
+    env, *_ = stack
+    listed = _prefect(env, "deployment", "schedule", "ls", "asset-bundle/nightly", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    (schedule,) = json.loads(listed.stdout)
+    for command, active in (("pause", False), ("resume", True)):
+        done = _prefect(env, "deployment", "schedule", command, "asset-bundle/nightly", schedule["id"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        (now,) = json.loads(_prefect(env, "deployment", "schedule", "ls", "asset-bundle/nightly", "-o", "json").stdout)
+        assert now["active"] is active
+    changed = _prefect(
+        env, "deployment", "schedule", "create", "asset-bundle/nightly", "--cron", "0 6 * * *", "--timezone", "UTC",
+        "--replace", "-y",
+    )  # fmt: skip
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    (now,) = json.loads(_prefect(env, "deployment", "schedule", "ls", "asset-bundle/nightly", "-o", "json").stdout)
+    assert now["schedule"].startswith("cron: 0 6 * * *") and now["active"]
+
+
 def test_submitted_brief_triggers_a_bundle(stack, tmp_path):
-    env, out, _ = stack
+    env, out, *_ = stack
     brief = tmp_path / "brief.yaml"
     brief.write_text("title: Sent By Event\nauthor: E. Vent\nseed: 5\n")
     started = time.perf_counter()
     sent = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "submit", str(brief)], env=env, cwd=REPO, capture_output=True, text=True
-    )
+        [sys.executable, "-m", "flows.cli", "submit", str(brief)],
+        check=False, env=env, cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("genbundle.brief.submitted ")
     bundle = _wait_for(lambda: _bundles(out).get("Sent By Event"), 600, "the event-triggered bundle", poll=1)

@@ -1,0 +1,46 @@
+"""The generation flows the GPU pools run: per-job outcomes, readable run names, and a cover
+flow that leaves the bundle flow no image-model work."""
+
+import json
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+
+from flows.bundle import asset_bundle
+from flows.generate import CoverFinish, generate_covers
+from tasks import generation
+from tasks.brief import parse_brief
+from tasks.generation import Generated, resolve_job
+from tasks.prompts import expand_prompts
+from tasks.workspace import Step, Workspace
+
+BRIEF = {"title": "Made Elsewhere", "author": "W. Orker", "seed": 7}
+
+
+def test_a_bad_job_fails_alone_and_the_bundle_reuses_the_cover_steps(prefect_api, tmp_path):
+    brief = parse_brief(BRIEF)
+    workspace = Workspace.for_storage(str(tmp_path), None)
+    good = resolve_job(brief, expand_prompts.fn(brief), "image")
+    bad = good.model_copy(update={"scheduler": "no-such-scheduler"})  # the pipeline call raises for real
+    finish = [CoverFinish.for_brief(brief)] * 2
+
+    state = generate_covers([bad, good], workspace, finish, return_state=True)
+    assert state.is_failed() and state.message == "1 of 2 cover jobs failed"
+    failed, made = state.result(raise_on_failure=False)
+    assert failed.key is None and "unknown scheduler 'no-such-scheduler'" in failed.error
+    assert made.error is None and Step(workspace, "cover", made.key).load(Generated) is not None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert run.name.startswith("cover-") and run.name.endswith("-seed7-and-1-more")
+
+    # Safety check, caption and trace were made by the cover flow: the bundle flow finds them.
+    steps = {kind: next((Path(workspace.root) / kind).glob("*/result.json")) for kind in ("safety", "caption", "trace")}
+    written = {kind: path.stat().st_mtime_ns for kind, path in steps.items()}
+    before = generation.pipeline_calls.copy()
+    location = Path(asset_bundle(brief, out=str(tmp_path)))
+    assert dict(generation.pipeline_calls - before) == {"sound": 1, "video": 1}  # no cover made again
+    assert {kind: path.stat().st_mtime_ns for kind, path in steps.items()} == written
+    record = json.loads((location / "bundle.json").read_text())["steps"]
+    assert {role: record[role] for role in ("cover", "trace_forward", "trace_reverse", "noise_schedule")} == {
+        "cover": "reused", "trace_forward": "reused", "trace_reverse": "reused", "noise_schedule": "reused",
+    }  # fmt: skip
