@@ -30,15 +30,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
-ARCH_FOLDER = {"image": "sd15", "sound": "audioldm_s_full_v2", "video": "zeroscope_v2_576w"}
-SETTING = {"image": "GENBUNDLE_IMAGE_MODEL", "sound": "GENBUNDLE_SOUND_MODEL", "video": "GENBUNDLE_VIDEO_MODEL"}
+# role -> the published architecture of its seed engine (benchmarks/configs/).
+ARCH_FOLDER = {"cover": "sd15", "sound": "audioldm_s_full_v2", "video": "zeroscope_v2_576w"}
 # The seed notebook's way: the schedulers the models were published with, and each pipeline's
 # default number of steps (StableDiffusion 50, AudioLDM 10, TextToVideoSD 50).
 BASELINE_SCHEDULER = {
-    "image": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "cover": ("PNDMScheduler", {"skip_prk_steps": True}),
     "sound": ("DDIMScheduler", {}),
     "video": ("DDIMScheduler", {}),
 }
+
+
+def _engine(role: str):
+    from tasks.engines import default_engine
+
+    return default_engine(role)
 
 
 def _config(modality: str, name: str) -> dict:
@@ -51,9 +57,8 @@ def build_real_size(modality: str, device: str, dtype):
     import torch
     import transformers
 
-    from tasks import tiny_models
-
-    tiny = tiny_models.build_tiny_pipeline(modality)
+    torch.manual_seed(0)
+    tiny = _engine(modality).build_tiny()
     with torch.device(device):
         unet_class = diffusers.UNet3DConditionModel if modality == "video" else diffusers.UNet2DConditionModel
         parts = {"unet": unet_class.from_config(_config(modality, "unet")),
@@ -80,34 +85,33 @@ def prepare_models(arch: str, folder: Path, device: str) -> dict[str, str]:
     found = {}
     for modality in ARCH_FOLDER:
         if arch == "tiny":
-            found[modality] = model_source(modality, "tiny")
+            found[modality] = model_source(_engine(modality).name, "tiny")
         else:
             target = folder / modality
             if not (target / "model_index.json").is_file():
                 build_real_size(modality, device, runtime().dtype).save_pretrained(target)
                 torch.cuda.empty_cache() if device == "cuda" else None
             found[modality] = str(target)
-        os.environ[SETTING[modality]] = found[modality]
+    os.environ["GENBUNDLE_WEIGHTS"] = json.dumps({_engine(m).name: folder for m, folder in found.items()})
     get_settings.cache_clear()  # read the model folders just set
     return found
 
 
 def _job(modality: str, seed: int, **override):
     from tasks.brief import parse_brief
-    from tasks.generation import resolve_job
+    from tasks.jobs import resolve_job
     from tasks.prompts import expand_prompts
 
     brief = parse_brief({"title": "Benchmark", "author": "G. Bundle", "models": "full", "seed": seed})
-    job = resolve_job(brief, expand_prompts.fn(brief), modality)
-    return job.model_copy(update=override)
+    job = resolve_job(brief, modality, expand_prompts.fn(brief)[modality])
+    params = job.params | {k: v for k, v in override.items() if k in job.params}
+    return job.model_copy(update={k: v for k, v in override.items() if k not in params} | {"params": params})
 
 
 def _generate(modality: str, job, workspace):
-    from tasks.audio import generate_sound
-    from tasks.image import generate_cover
-    from tasks.video import generate_video
+    from tasks.generation import generate
 
-    return {"image": generate_cover, "sound": generate_sound, "video": generate_video}[modality].fn(job, workspace)
+    return generate.fn(job, workspace)
 
 
 class GPUMemory:
@@ -136,12 +140,12 @@ def measure_modality(modality: str, sizes: dict, workspace, device: str, repeat:
     from tasks import models
 
     started = time.perf_counter()
-    loaded = models.load_pipeline(modality, "full")
+    loaded = models.load_pipeline(_engine(modality).name, "full")
     cold = time.perf_counter() - started
     models._loaded.clear()  # load again: libraries imported, files in the page cache
     _free(device)
     started = time.perf_counter()
-    loaded = models.load_pipeline(modality, "full")
+    loaded = models.load_pipeline(_engine(modality).name, "full")
     warm = time.perf_counter() - started
 
     runs = []
@@ -165,10 +169,11 @@ def measure_modality(modality: str, sizes: dict, workspace, device: str, repeat:
 
 
 def _size(job) -> str:
-    if job.modality == "sound":
-        return f"{job.duration:g} s"
-    frames = f", {job.frames} frames" if job.frames else ""
-    return f"{job.width}x{job.height}{frames}"
+    p = job.params
+    if "duration" in p:
+        return f"{p['duration']:g} s"
+    frames = f", {p['frames']} frames" if "frames" in p else ""
+    return f"{p['width']}x{p['height']}{frames}"
 
 
 def measure_bundle(sizes: dict, workspace, device: str) -> dict:
@@ -193,25 +198,24 @@ def measure_baseline(folders: dict[str, str], sizes: dict, device: str, dtype) -
     import diffusers
     import torch
 
-    from tasks.models import ENGINES
-
     per = {}
     started_all = time.perf_counter()
     for modality, folder in folders.items():
         started = time.perf_counter()
-        cls = getattr(diffusers, ENGINES[modality].pipeline_class)
+        cls = getattr(diffusers, _engine(modality).pipeline_class)
         pipe = cls.from_pretrained(folder, dtype=dtype).to(device)
         scheduler, extra = BASELINE_SCHEDULER[modality]
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config, **extra)
         pipe.set_progress_bar_config(disable=True)
         job = _job(modality, seed=4000, **sizes.get(modality, {}))
         args = {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "guidance_scale": job.guidance}
-        if modality == "sound":
-            args["audio_length_in_s"] = job.duration
+        p = job.params
+        if "duration" in p:
+            args["audio_length_in_s"] = p["duration"]
         else:
-            args |= {"width": job.width, "height": job.height}
-        if modality == "video":
-            args["num_frames"] = job.frames
+            args |= {"width": p["width"], "height": p["height"]}
+        if "frames" in p:
+            args["num_frames"] = p["frames"]
         loaded = time.perf_counter()
         with torch.inference_mode():
             pipe(**args)  # num_inference_steps left at the pipeline's default
@@ -243,15 +247,15 @@ def machine(device: str) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| modality | size | steps | seconds | steps/s | peak GPU GiB | load cold s | load warm s | memory |"]
+    lines = ["| role | size | steps | seconds | steps/s | peak GPU GiB | load cold s | load warm s | memory |"]
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for m, r in result["modalities"].items():
+    for m, r in result["roles"].items():
         lines.append(
             f"| {m} | {r['size']} | {r['steps']} ({r['scheduler']}) | {r['seconds']:.2f} | {r['steps_per_s']:.1f} "
             f"| {r['peak_gpu_gib']:.1f} | {r['load_cold_s']:.1f} | {r['load_warm_s']:.1f} | {r['memory_policy']} |"
         )
     b, base = result["bundle"], result["baseline"]
-    slowest = max(r["seconds"] for r in result["modalities"].values())
+    slowest = max(r["seconds"] for r in result["roles"].values())
     lines += [
         "",
         f"Three generations on one device: one after another {b['sequential_s']:.2f} s, concurrently "
@@ -284,7 +288,7 @@ def main() -> None:
     folders = prepare_models(args.arch, models_dir, rt.device)
     # Tiny: the tiny profile's sizes and steps, so the check runs in seconds on a CPU.
     sizes = {} if args.arch == "real" else {
-        "image": {"width": 128, "height": 192, "steps": 4}, "sound": {"steps": 4, "duration": 2.0},
+        "cover": {"width": 128, "height": 192, "steps": 4}, "sound": {"steps": 4, "duration": 2.0},
         "video": {"width": 64, "height": 32, "frames": 8, "steps": 4},
     }  # fmt: skip
     workspace = Workspace(root=tempfile.mkdtemp(prefix="genbundle-gpu-work-"))
@@ -294,7 +298,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "arch": args.arch,
         "dtype": rt.dtype_name,
-        "modalities": {m: measure_modality(m, sizes, workspace, rt.device, args.repeat) for m in folders},
+        "roles": {m: measure_modality(m, sizes, workspace, rt.device, args.repeat) for m in folders},
     }
     result["bundle"] = measure_bundle(sizes, workspace, rt.device)
     from tasks import models

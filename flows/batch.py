@@ -12,9 +12,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
 from flows.bundle import asset_bundle, preflight
-from flows.generate import CoverFinish, DispatchError, dispatch_generations
+from flows.generate import DispatchError, dispatch_generations
 from tasks.brief import Brief, BriefError, load_briefs_file
-from tasks.generation import resolve_job
+from tasks.cover_finishing import CoverFinish
+from tasks.engines import ROLES
+from tasks.jobs import resolve_jobs
 from tasks.policy import check_jobs
 from tasks.prompts import expand_prompts
 from tasks.storage import storage_target
@@ -32,7 +34,7 @@ def asset_bundle_batch(
     """Make one bundle per brief in a JSON Lines or CSV file, at most `max_concurrency` at a time.
 
     Bad briefs and failed bundles are reported (table artifact, return value) without stopping the
-    others; the run ends Failed when any did. With `dispatch`, each modality's generations for
+    others; the run ends Failed when any did. With `dispatch`, each role's generations for
     all briefs go to its GPU work pool as one run, so one model load serves the whole batch.
     """
     logger = get_run_logger()
@@ -84,10 +86,10 @@ def asset_bundle_batch(
 
 
 def _pregenerate(briefs: dict[str, Brief], out: str | None, storage: str | None, rows: dict[str, dict]) -> None:
-    """Dispatch every brief's generations at once, one run per modality; then each bundle's own
+    """Dispatch every brief's generations at once, one run per role; then each bundle's own
     dispatch finds them finished. A brief whose checks or generations failed is marked, with why."""
     workspace = Workspace.for_storage(out, storage)
-    jobs: dict[str, list] = {"image": [], "sound": [], "video": []}
+    jobs: dict[str, list] = {role: [] for role in ROLES}
     labels, finish = [], []  # per job index: its brief, its cover's finishing steps
 
     def failed(label: str, why: str) -> None:
@@ -97,15 +99,15 @@ def _pregenerate(briefs: dict[str, Brief], out: str | None, storage: str | None,
         try:
             preflight(brief, storage, dispatch=True)
             prompts = expand_prompts(brief)
-            resolved = {m: resolve_job(brief, prompts, m) for m in jobs}
+            resolved = resolve_jobs(brief, prompts)
             check_jobs(resolved.values())  # as the bundle flow does, before anything is generated
         except Exception as err:  # noqa: BLE001 - this brief is reported; the others go on
             failed(label, f"{type(err).__name__}: {err}")
             continue
         labels.append(label)
-        finish.append(CoverFinish.for_brief(brief))
-        for modality, job in resolved.items():
-            jobs[modality].append(job)
+        finish.append(CoverFinish.for_brief(brief, with_title=False))
+        for role, job in resolved.items():
+            jobs[role].append(job)
     if not labels:
         return
     try:

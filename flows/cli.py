@@ -19,10 +19,7 @@ from pathlib import Path
 
 from tasks.brief import BriefError, load_brief_file, parse_brief
 
-STAGES = [
-    "prompts", "cover", "sound", "video", "safety", "title", "caption", "trace", "normalise", "mux", "poster",
-    "manifest", "store",
-]  # fmt: skip
+FINISHING_STAGES = ["safety", "title", "caption", "trace", "normalise", "mux", "poster", "manifest", "store"]
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:
@@ -92,18 +89,18 @@ def _progress_display(console, stages: list[str]):
 
 
 def _summary_table(location: Path):
-    import json
-
     from rich.table import Table
 
     from tasks.artifacts import asset_details, human_size
+    from tasks.manifest import MANIFEST_NAME, Manifest
 
-    manifest = json.loads((location / "bundle.json").read_text())
-    table = Table(title=f"bundle {manifest['bundle_id']}")
-    for col in ("asset", "size", "details"):
+    manifest = Manifest.read(location / MANIFEST_NAME)
+    table = Table(title=f"bundle {manifest.bundle_id}")
+    for col in ("asset", "size", "details", "licence"):
         table.add_column(col)
-    for a in manifest["assets"]:
-        table.add_row(a["name"], human_size(a["bytes"]), asset_details(a))
+    for a in manifest.assets:
+        licences = ", ".join(dict.fromkeys(lic.licence for lic in a.licences)) or "-"
+        table.add_row(a.name, human_size(a.bytes), asset_details(a), licences)
     return table, manifest
 
 
@@ -118,19 +115,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.local_prefect import local_prefect
 
     with local_prefect() as server:  # a temporary server starts first: it boots while the rest loads
-        from flows.bundle import asset_bundle, load_models, preflight
+        from flows.bundle import asset_bundle, load_models, preflight, runtime_label
         from tasks import progress
+        from tasks.engines import ROLES
         from tasks.errors import UserError
+        from tasks.jobs import bundle_id
         from tasks.s3 import is_s3_url
-        from tasks.storage import bundle_id, out_root, storage_target
+        from tasks.storage import out_root, storage_target
 
         storage = storage_target(args.storage)
-        local = out_root(args.out, storage) / bundle_id(brief)  # a clash of --out and --storage ends here
+        local = out_root(args.out, storage) / bundle_id(
+            brief, runtime_label(False)
+        )  # a clash of --out and --storage ends here
         preflight(brief, storage)  # models there, title fits, bucket reachable: errors end here too
         # Load the models while the server starts; the flow's tasks find them loaded. A load that
         # fails here fails again in its task, which reports it.
         threading.Thread(target=_quietly, args=(load_models, brief), daemon=True).start()
-        live, listener = _progress_display(console, STAGES + (["upload"] if is_s3_url(storage) else []))
+        stages = ["prompts", *ROLES, *FINISHING_STAGES, *(["upload"] if is_s3_url(storage) else [])]
+        live, listener = _progress_display(console, stages)
         progress.add_listener(listener)
         try:
             with live:
@@ -146,13 +148,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             progress.remove_listener(listener)
 
+    from tasks.artifacts import licence_line
+
     table, manifest = _summary_table(local)
     console.print()
     console.print(table)
-    if "placeholder" in manifest:
-        console.print(f"[yellow]note:[/] {manifest['placeholder']}", highlight=False)
+    console.print(licence_line(manifest), highlight=False, soft_wrap=True)
+    if manifest.placeholder:
+        console.print(f"[yellow]note:[/] {manifest.placeholder}", highlight=False)
     if is_s3_url(location):
-        _print_links(console, location, [a["name"] for a in manifest["assets"]] + ["bundle.json"])
+        _print_links(console, location, [a.name for a in manifest.assets] + ["bundle.json"])
     print(location)
     return 0
 
@@ -261,13 +266,46 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
+    from tasks.engines import ROLES, default_engine, engine
     from tasks.models import pull_models
 
+    names = args.engine or [default_engine(role).name for role in ROLES]
+    for name in names:
+        engine(name)  # an unknown name ends here, naming the registered ones
     try:
-        pull_models(args.models)
+        pull_models(args.models, names)
     except Exception as err:  # network or hub errors: one line
         print(f"error: could not fetch models: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    import json
+
+    from tasks.engines import ROLES, all_engines
+
+    rows = sorted(
+        (e.describe() for e in all_engines().values()), key=lambda d: (list(ROLES).index(d["role"]), d["name"])
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="genbundle engines")
+    for col in ("role", "engine", "pipeline", "default weights", "licence", "commercial", "tiny", "steps", "size"):
+        table.add_column(col)
+    for d in rows:
+        size = d["default_size"] or (f"{d['duration']:g} s" if "duration" in d else "")
+        if "frames" in d:
+            size += f", {d['frames']} frames at {d['fps']} fps"
+        table.add_row(
+            d["role"], d["name"], d["pipeline_class"], d["weights"], d["licence"],
+            "yes" if d["commercial_use"] else "no", "yes" if d["tiny_build"] else "no", str(d["default_steps"]), size,
+        )  # fmt: skip
+    Console().print(table)
     return 0
 
 
@@ -338,7 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub = models.add_subparsers(dest="models_command", required=True)
     pull = models_sub.add_parser("pull", help="build the tiny models or download the full ones into the cache")
     pull.add_argument("--models", choices=["tiny", "full"], default="full")
+    pull.add_argument(
+        "--engine", action="append", help="an engine to fetch (repeatable; default: each role's default engine)"
+    )
     pull.set_defaults(func=cmd_models_pull)
+
+    engines = sub.add_parser("engines", help="list the registered engines: role, weights, licence, defaults")
+    engines.add_argument("--json", action="store_true", help="print them as a JSON list")
+    engines.set_defaults(func=cmd_engines)
     return parser
 
 

@@ -9,13 +9,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tasks.engines import ROLES
 from tasks.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOLS_DIR = REPO / "deployments" / "pools"
 CPU_POOL = "cpu"
-GPU_POOLS = ("gpu-image", "gpu-audio", "gpu-video")
+GPU_POOLS = tuple(dict.fromkeys(role.pool for role in ROLES.values()))
 # The generation tasks' tag. A tag concurrency limit counts across the whole server, not per
 # machine or per GPU: for N GPUs, allow N. Per machine: one worker per GPU, started with `--limit`.
 GPU_TAG = "gpu"
@@ -89,6 +90,12 @@ def _set_gpu_limit(slots: int) -> None:
     anyio.run(upsert)
 
 
+def _brief_hash(brief) -> str:
+    import hashlib
+
+    return hashlib.sha256(brief.model_dump_json().encode()).hexdigest()[:12]
+
+
 def submit(brief) -> str:
     """Send the event that the `on-brief` deployment's trigger waits for; returns the event id."""
     import anyio
@@ -96,14 +103,12 @@ def submit(brief) -> str:
     from prefect.events.clients import PrefectEventsClient
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.storage import bundle_id
-
     api = PREFECT_API_URL.value()
     if not api:
         raise UserError("no Prefect server to send the event to: set PREFECT_API_URL")
     event = Event(
         event=BRIEF_EVENT,
-        resource={"prefect.resource.id": f"genbundle.brief.{bundle_id(brief)}", "prefect.resource.name": brief.title},
+        resource={"prefect.resource.id": f"genbundle.brief.{_brief_hash(brief)}", "prefect.resource.name": brief.title},
         payload={"brief": brief.model_dump(mode="json")},
     )
 

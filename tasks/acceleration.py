@@ -23,8 +23,6 @@ if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
     os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
 GIB = 2**30
-# Room for activations beyond the weights, per modality, at the full profile's default sizes.
-HEADROOM = {"image": 2 * GIB, "sound": 1 * GIB, "video": 4 * GIB}
 POLICIES = ("gpu", "model_offload", "sequential_offload")
 
 
@@ -47,8 +45,8 @@ def choose_memory_policy(total: int, largest: int, headroom: int, free: int) -> 
     return "sequential_offload"
 
 
-def place(pipe, modality: str, device: str) -> str:
-    """Put the pipeline on its device with the fast path applied; returns the memory policy used."""
+def place(pipe, engine, device: str) -> str:
+    """Put the pipeline on its device with the engine's fast path applied; returns the memory policy used."""
     if device != "cuda":
         return "cpu"
     import torch
@@ -57,7 +55,7 @@ def place(pipe, modality: str, device: str) -> str:
     policy = settings.memory
     if policy == "auto":
         free, _ = torch.cuda.mem_get_info()
-        policy = choose_memory_policy(*weight_bytes(pipe), HEADROOM[modality], free)
+        policy = choose_memory_policy(*weight_bytes(pipe), int(engine.vram_headroom_gib * GIB), free)
     torch.backends.cudnn.benchmark = True  # fixed shapes per pipeline: the fastest convolution once found
     if policy == "gpu":
         pipe.to("cuda")
@@ -65,18 +63,10 @@ def place(pipe, modality: str, device: str) -> str:
         pipe.enable_model_cpu_offload()
     else:
         pipe.enable_sequential_cpu_offload()
-    if modality != "video":  # 4-D activations: NHWC suits the tensor cores' convolutions
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if modality == "video":  # 24 frames decoded at once would need several GiB: one at a time
-        pipe.vae.enable_slicing()
-        if policy == "sequential_offload":
-            pipe.vae.enable_tiling()
-    if settings.compile and policy == "gpu":  # offload hooks move weights mid-graph: not compiled then
-        pipe.unet.compile()
+    engine.tune(pipe, policy, settings.compile)
     return policy
 
 
-def attention_processors(pipe) -> set[str]:
-    """Class names of the denoiser's attention processors (AttnProcessor2_0 is PyTorch SDPA)."""
-    return {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+def attention_processors(denoiser) -> set[str]:
+    """Class names of a denoiser's attention processors (AttnProcessor2_0 is PyTorch SDPA)."""
+    return {type(p).__name__ for p in denoiser.attn_processors.values()}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.manifest import MANIFEST_NAME, Asset, Manifest
 from tasks.s3 import UploadReport
-from tasks.storage import MANIFEST_NAME
 
 TRACE_PICTURES = {
     "trace_forward.png": "forward process",
@@ -23,31 +22,41 @@ def human_size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
-def asset_details(asset: dict) -> str:
+def asset_details(asset: Asset) -> str:
     bits = []
-    if "width" in asset:
-        bits.append(f"{asset['width']}x{asset['height']}")
-    if "duration" in asset:
-        bits.append(f"{asset['duration']:.2f} s")
-    if asset.get("fps"):
-        bits.append(f"{asset['fps']:g} fps")
-    if "loudness_lufs" in asset:
-        bits.append(f"{asset['loudness_lufs']:.1f} LUFS, {asset['true_peak_dbtp']:.1f} dBTP")
+    if asset.width is not None:
+        bits.append(f"{asset.width}x{asset.height}")
+    if asset.duration is not None:
+        bits.append(f"{asset.duration:.2f} s")
+    if asset.fps:
+        bits.append(f"{asset.fps:g} fps")
+    if asset.loudness_lufs is not None:
+        bits.append(f"{asset.loudness_lufs:.1f} LUFS, {asset.true_peak_dbtp:.1f} dBTP")
     return ", ".join(bits)
 
 
-def summary_markdown(manifest: dict, location: str, upload: UploadReport | None = None) -> str:
-    lines = [f"# Bundle `{manifest['bundle_id']}`", ""]
-    if "placeholder" in manifest:
-        lines += [f"> **Note:** {manifest['placeholder']}", ""]
-    brief = manifest["brief"]
+def licence_line(manifest: Manifest) -> str:
+    """Each engine's licence, and whether the bundle as a whole may be used commercially."""
+    engines = "; ".join(
+        f"{run.title} ({role}): {run.licence}, {'commercial use allowed' if run.commercial_use else 'non-commercial only'}"
+        for role, run in manifest.engines.items()
+    )
+    verdict = "may be used commercially" if manifest.commercial_use else "may NOT be used commercially as a whole"
+    return f"Licences: {engines}. The bundle {verdict}."
+
+
+def summary_markdown(manifest: Manifest, location: str, upload: UploadReport | None = None) -> str:
+    lines = [f"# Bundle `{manifest.bundle_id}`", ""]
+    if manifest.placeholder:
+        lines += [f"> **Note:** {manifest.placeholder}", ""]
+    brief = manifest.brief
     lines += [
         f"**{brief['title']}** by {brief['author']}, seed {brief['seed']}, profile `{brief['models']}`",
         "",
         f"Stored at `{upload.url if upload else location}`",
         "",
     ]
-    names = {a["name"] for a in manifest["assets"]}
+    names = {a.name for a in manifest.assets}
     if upload:
         for name, alt in PICTURES.items():
             if name in upload.links:
@@ -59,7 +68,7 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
     elif traced := [name for name in TRACE_PICTURES if name in names]:
         # An image artifact needs a URL the UI can fetch; a local file is not one, so say where they are.
         lines += ["Diffusion trace pictures (local files): " + ", ".join(f"`{Path(location) / n}`" for n in traced), ""]
-    caption = manifest.get("post_processing", {}).get("cover_caption")
+    caption = manifest.post_processing.get("cover_caption")
     if caption:
         verdict = (
             "**flagged: it shares no content word with the prompt**"
@@ -67,18 +76,24 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
             else f"shares with the prompt: {', '.join(caption['shared_words'])}"
         )
         lines += [f"Cover alt text (BLIP caption): _{caption['text']}_ ({verdict})", ""]
+    lines += [licence_line(manifest), ""]
     lines += ["| asset | role | size | details | sha256 |", "|---|---|---|---|---|"]
-    for a in manifest["assets"]:
-        name = f"[{a['name']}]({upload.links[a['name']]})" if upload else a["name"]
-        lines.append(f"| {name} | {a['role']} | {human_size(a['bytes'])} | {asset_details(a)} | `{a['sha256'][:12]}` |")
+    for a in manifest.assets:
+        name = f"[{a.name}]({upload.links[a.name]})" if upload else a.name
+        lines.append(f"| {name} | {a.role} | {human_size(a.bytes)} | {asset_details(a)} | `{a.sha256[:12]}` |")
     lines += ["", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in manifest["timings_seconds"].items()]
-    lines += ["", "| modality | pipeline | scheduler | steps | guidance | device |", "|---|---|---|---|---|---|"]
-    for m, e in manifest["engines"].items():
+    lines += [f"| {k} | {v:.2f} |" for k, v in manifest.timings_seconds.items()]
+    lines += [
+        "",
+        "| role | engine | pipeline | licence | scheduler | steps | guidance | device |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for role, e in manifest.engines.items():
         lines.append(
-            f"| {m} | {e['pipeline_class']} | {e['scheduler']} | {e['steps']} | {e['guidance']} | {e['device']} {e['dtype']} |"
+            f"| {role} | {e.name} | {e.pipeline_class} | {e.licence} | {e.scheduler} | {e.steps} | {e.guidance} "
+            f"| {e.device} {e.dtype} |"
         )
-    compute = manifest.get("compute")
+    compute = manifest.compute
     if compute:
         entries = [*compute["per_asset"].values(), *compute.get("per_step", {}).values()]
         sources = sorted({f"{e.get('device', 'unknown')}: {e['source']}" for e in entries})
@@ -88,14 +103,14 @@ def summary_markdown(manifest: dict, location: str, upload: UploadReport | None 
             f"{compute['total_wh'] * 1000:.2f} mWh in all, {compute['this_run_wh'] * 1000:.2f} mWh this run "
             f"({'; '.join(sources)}). {compute.get('note', '')}".rstrip(),
         ]
-    lines += ["", f"_{manifest['disclosure']}_"]
+    lines += ["", f"_{manifest.disclosure}_"]
     return "\n".join(lines)
 
 
 @task(name="publish-summary")
 def publish_summary(location: str, upload: UploadReport | None = None) -> str:
     """Publish the bundle's summary as a markdown artifact keyed by bundle id; returns its markdown."""
-    manifest = json.loads((Path(location) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest = Manifest.read(Path(location) / MANIFEST_NAME)
     markdown = summary_markdown(manifest, location, upload)
-    create_markdown_artifact(key=f"bundle-{manifest['bundle_id']}"[:100], markdown=markdown, description="Asset bundle")
+    create_markdown_artifact(key=f"bundle-{manifest.bundle_id}"[:100], markdown=markdown, description="Asset bundle")
     return markdown

@@ -1,4 +1,4 @@
-"""Sound: the engine sound (AudioLDM or its tiny twin) and its loudness normalisation.
+"""Sound: the generated sound's loudness normalisation, and loudness measurement.
 
 Normalisation, in order: DC offset and sub-audio drift removed, resampled to 48 kHz, short
 fades at both ends, gain to the integrated loudness target (ITU-R BS.1770 via pyloudnorm),
@@ -10,65 +10,21 @@ from __future__ import annotations
 
 import sys
 from math import gcd
-from pathlib import Path
 
 import numpy as np
 from prefect import task
 
-from tasks.disclosure import Disclosure, write_wav_tags
-from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
 from tasks.logs import run_logger
 from tasks.media import MediaError
 from tasks.progress import tracked
-from tasks.storage import atomic_path
+from tasks.wav import write_wav
 from tasks.workspace import StepResult, Workspace
 
-RAW_NAME = "engine_raw.wav"
 SOUND_NAME = "engine.wav"
 OUTPUT_RATE = 48_000
 FADE_IN_S, FADE_OUT_S = 0.01, 0.05
 LIMITER_LOOKAHEAD_S = 0.003
 LIMITER_MARGIN_DB = 0.2  # aim this far under the ceiling: resampling and PCM rounding move peaks slightly
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int, disclosure: Disclosure | None) -> None:
-    """24-bit PCM WAV, with the disclosure in its INFO chunk."""
-    import soundfile as sf
-
-    with atomic_path(path) as tmp, sf.SoundFile(tmp, "w", rate, 1, "PCM_24", format="WAV") as out:
-        if disclosure is not None:
-            write_wav_tags(out, disclosure)
-        out.write(samples)
-
-
-@task(name="diffuse-sound", tags=["gpu"])  # not "generate-sound": that is the flow
-def generate_sound(job: Job, workspace: Workspace) -> Generated:
-    """Generate the engine sound as a WAV at the vocoder's own rate in the work area (or find it there)."""
-    step = generation_step(job, workspace, "sound", __name__)
-    with tracked("sound") as stage:
-        if done := step.load(Generated):
-            stage.detail = "reused"
-            return done
-
-        def call(pipe, generator, on_step):
-            audio = pipe(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                audio_length_in_s=job.duration,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance,
-                generator=generator,
-                callback=lambda i, t, latents: on_step(i),
-                callback_steps=1,
-            ).audios[0]
-            return audio, int(pipe.vocoder.config.sampling_rate)
-
-        (audio, rate), engine, load_s, gen_s = run_generation(job, call)
-        disclosure = disclosure_for(job, engine, "Engine sound")
-        path = step.file(RAW_NAME)
-        write_wav(path, np.asarray(audio, dtype=np.float32), rate, disclosure)
-    made = Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s, disclosure=disclosure)
-    return step.save(made)
 
 
 # --- measurement ----------------------------------------------------------------------------

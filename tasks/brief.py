@@ -1,40 +1,55 @@
 """The creative brief: what a person asks for, validated before any model loads.
 
-Sizes, steps, guidance and scheduler are optional: left out, they take the model profile's
-defaults from the registry (tasks/models.py). Given, they are checked against ranges that
-the pipelines accept.
+Each role's section (cover, sound, video) names its engine (the seed engine when left out).
+Sizes, steps, guidance and scheduler are optional: left out, they take the engine's defaults
+for the profile. Given, they are checked by the engine against what its pipeline accepts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.engines import ROLES, Engine, UnknownEngine, check_params, default_engine, engine, engines_for
 
 Profile = Literal["tiny", "full"]
-SchedulerName = Literal["dpm++", "ddim", "lms", "euler", "pndm"]
 
 DEFAULT_COVER_PROMPT = (
     "A mystical forest with ancient trees and glowing creatures, fantasy book cover art, dramatic lighting."
 )
 DEFAULT_SOUND_PROMPT = "Car sound, realistic engine, accelerating, 5 seconds."
 DEFAULT_VIDEO_PROMPT = "A car driving on a winding mountain road, cinematic, smooth camera movement."
+_PROFILE_DEFAULT = "the engine's default for the profile when empty"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Generation(_Strict):
+class _Section(_Strict):
+    """What every role's section asks for: the engine and its generation settings.
+
+    The generation settings are checked by the engine the section names (its own sizes, frame
+    counts, durations and schedulers), once the brief is complete (see Brief._engines_accept).
+    """
+
+    generation_fields: ClassVar[tuple[str, ...]] = ("steps", "guidance", "scheduler")
+
     prompt: str = Field(min_length=3, max_length=1000)
     negative_prompt: str | None = Field(None, max_length=1000, description="Replaces the template's negative prompt.")
-    steps: int | None = Field(None, ge=1, le=200, description="Denoising steps; the profile's default when empty.")
-    guidance: float | None = Field(None, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
-    scheduler: SchedulerName | None = Field(None, description="dpm++ (default), ddim, lms, euler or pndm.")
+    engine: str | None = Field(
+        None, description="The engine that makes it (`genbundle engines`); the seed engine when empty."
+    )
+    weights: str | None = Field(None, description="Full weights: hub id or local folder; the engine's own when empty.")
+    steps: int | None = Field(None, description=f"Denoising steps; {_PROFILE_DEFAULT}.")
+    guidance: float | None = Field(None, description=f"Classifier-free guidance scale; {_PROFILE_DEFAULT}.")
+    scheduler: str | None = Field(
+        None, description=f"dpm++, ddim, lms, euler or pndm, as the engine accepts; {_PROFILE_DEFAULT}."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -43,23 +58,18 @@ class _Generation(_Strict):
             raise ValueError("must not be blank")
         return v.strip()
 
-
-def _multiple_of_8(v: int | None) -> int | None:
-    if v is not None and v % 8:
-        raise ValueError(f"must be a multiple of 8 (got {v}; try {round(v / 8) * 8 or 8})")
-    return v
+    def generation_settings(self) -> dict:
+        """The settings given for the engine (left-out ones are the engine's defaults)."""
+        return {name: getattr(self, name) for name in self.generation_fields if getattr(self, name) is not None}
 
 
-class CoverSpec(_Generation):
+class CoverSpec(_Section):
+    generation_fields: ClassVar[tuple[str, ...]] = (*_Section.generation_fields, "width", "height")
+
     prompt: str = Field(DEFAULT_COVER_PROMPT, min_length=3, max_length=1000)
-    width: int | None = Field(None, ge=64, le=2048)
-    height: int | None = Field(None, ge=64, le=2048)
+    width: int | None = Field(None, description=f"Pixels; {_PROFILE_DEFAULT}.")
+    height: int | None = Field(None, description=f"Pixels; {_PROFILE_DEFAULT}.")
     font: Path | None = Field(None, description="A TrueType/OpenType font file; Pillow's bundled font by default.")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _sides(cls, v: int | None) -> int | None:
-        return _multiple_of_8(v)
 
     @field_validator("font")
     @classmethod
@@ -77,37 +87,38 @@ class CoverSpec(_Generation):
         return v
 
 
-class SoundSpec(_Generation):
+class SoundSpec(_Section):
+    generation_fields: ClassVar[tuple[str, ...]] = (*_Section.generation_fields, "duration")
+
     prompt: str = Field(DEFAULT_SOUND_PROMPT, min_length=3, max_length=1000)
-    duration: float = Field(5.0, ge=1.0, le=30.0, description="Seconds of audio to generate.")
-    loudness: float = Field(-14.0, ge=-40.0, le=-5.0, description="Integrated loudness target, LUFS.")
-    true_peak: float = Field(-1.0, ge=-9.0, le=0.0, description="True-peak ceiling, dBTP.")
+    duration: float | None = Field(None, description=f"Seconds of audio to generate; {_PROFILE_DEFAULT}.")
+    loudness: float = Field(
+        -14.0, ge=-40.0, le=-5.0, allow_inf_nan=False, description="Integrated loudness target, LUFS."
+    )
+    true_peak: float = Field(-1.0, ge=-9.0, le=0.0, allow_inf_nan=False, description="True-peak ceiling, dBTP.")
 
 
-class VideoSpec(_Generation):
+class VideoSpec(_Section):
+    generation_fields: ClassVar[tuple[str, ...]] = (*_Section.generation_fields, "width", "height", "frames", "fps")
+
     prompt: str = Field(DEFAULT_VIDEO_PROMPT, min_length=3, max_length=1000)
-    width: int | None = Field(None, ge=64, le=1280)
-    height: int | None = Field(None, ge=32, le=1280)
-    frames: int | None = Field(None, ge=2, le=120)
-    fps: int | None = Field(None, ge=1, le=60)
-
-    @field_validator("width", "height")
-    @classmethod
-    def _sides(cls, v: int | None) -> int | None:
-        return _multiple_of_8(v)
+    width: int | None = Field(None, description=f"Pixels; {_PROFILE_DEFAULT}.")
+    height: int | None = Field(None, description=f"Pixels; {_PROFILE_DEFAULT}.")
+    frames: int | None = Field(None, description=f"Frames to generate; {_PROFILE_DEFAULT}.")
+    fps: int | None = Field(None, description=f"Frames per second; {_PROFILE_DEFAULT}.")
 
 
 class Brief(_Strict):
-    """Everything one bundle needs. The same brief gives the same bundle id and the same outputs."""
+    """Everything one bundle needs. The same brief, on the same runtime, gives the same bundle."""
 
     title: str = Field(min_length=1, max_length=120, description="Book title, typeset on the cover.")
     author: str = Field(min_length=1, max_length=80, description="Author's name, typeset on the cover.")
     tagline: str | None = Field(None, max_length=160, description="Optional line under the title.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Same brief and seed, same bundle.")
     models: Profile = Field("tiny", description="tiny: small random-weight models (placeholders); full: the real ones.")
-    cover: CoverSpec = Field(CoverSpec(), description="The book cover (Stable Diffusion v1.5).")
-    sound: SoundSpec = Field(SoundSpec(), description="The engine sound (AudioLDM).")
-    video: VideoSpec = Field(VideoSpec(), description="The car clip (Zeroscope v2 576w).")
+    cover: CoverSpec = Field(CoverSpec(), description="The book cover.")
+    sound: SoundSpec = Field(SoundSpec(), description="The engine sound.")
+    video: VideoSpec = Field(VideoSpec(), description="The car clip.")
     trace: bool = Field(True, description="Add the diffusion trace: the cover noised and denoised, step by step.")
 
     @field_validator("title", "author", "tagline")
@@ -117,10 +128,29 @@ class Brief(_Strict):
             raise ValueError("must not be blank")
         return v.strip() if v is not None else v
 
-    def fingerprint(self) -> str:
-        """A stable hash of everything that shapes the outputs."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+    @model_validator(mode="after")
+    def _engines_accept(self) -> Brief:
+        """Each section's engine exists, makes that role, and accepts the settings given for the profile."""
+        for role in ROLES:
+            self.engine_for(role)
+            check_params(self.engine_for(role), self.section(role).generation_settings(), self.models, role)
+        return self
+
+    def section(self, role: str) -> _Section:
+        return getattr(self, role)
+
+    def engine_for(self, role: str) -> Engine:
+        name = self.section(role).engine
+        if name is None:
+            return default_engine(role)
+        try:
+            found = engine(name)
+        except UnknownEngine as err:
+            raise ValueError(f"{role}.engine: {err}") from None
+        if found.role != role:
+            choices = ", ".join(e.name for e in engines_for(role))
+            raise ValueError(f"{role}.engine: {name} makes the {found.role}, not the {role}; choose {choices}")
+        return found
 
 
 class BriefError(ValueError):
@@ -131,13 +161,13 @@ def describe_validation_error(err: ValidationError) -> str:
     """One line per problem, each naming its field by dotted path."""
     parts = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "brief"
+        field = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "is not a brief field (check the spelling)"
         elif e["type"] == "missing":
             msg = "is required"
-        parts.append(f"{field}: {msg}")
+        parts.append(f"{field}: {msg}" if field else msg)  # a whole-brief check names its fields itself
     return "; ".join(parts)
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from prefect import task
 
 from tasks.energy import Energy, metered
-from tasks.models import MODEL_LOCK, model_source, runtime
+from tasks.files import atomic_path
+from tasks.lazy import MODEL_LOCK
+from tasks.models import model_source, runtime
 from tasks.progress import tracked
 from tasks.prompts import content_words
-from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
 
 CAPTION_NAME = "caption.txt"

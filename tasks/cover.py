@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from tasks.brief import BriefError
 from tasks.disclosure import png_info
+from tasks.files import atomic_path
 from tasks.progress import tracked
-from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
 
 TITLED_NAME = "cover_titled.png"

@@ -1,103 +1,39 @@
-"""What every generation shares: the resolved job, the engine record, and the guarded call.
+"""Generation: one task for every engine. A job in, its file in the work area out.
 
-A job is the brief's request for one modality with the profile's defaults filled in. The
-engine record is what the manifest keeps about how an asset was made.
+The engine (tasks/engines/) says how its pipeline is called and its output written; this module
+loads the pipeline, swaps the scheduler, seeds, meters, and records how the asset was made.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 
-from pydantic import BaseModel
+from prefect import task
 
-from tasks.brief import Brief
+from tasks import disclosure as disclosure_module
 from tasks.disclosure import Disclosure
-from tasks.energy import Energy, metered
-from tasks.models import ENGINES, Modality, load_pipeline, runtime, tiny_cache_dir, use_scheduler
-from tasks.prompts import PromptSet
-from tasks.settings import get_settings
+from tasks.energy import metered
+from tasks.engines import ROLES, engine
+from tasks.engines.schedulers import use_scheduler
+from tasks.jobs import Job
+from tasks.manifest import EngineRun
+from tasks.models import load_pipeline, runtime
+from tasks.progress import tracked
 from tasks.workspace import Step, StepResult, Workspace
 
-# Pipeline invocations in this process, per modality: what resuming saves, counted.
+# Pipeline invocations in this process, per role: what resuming saves, counted.
 pipeline_calls: Counter[str] = Counter()
-
-
-class Job(BaseModel):
-    modality: Modality
-    profile: str
-    model: str  # the weights: hub id or folder (full), or the tiny build's version; part of the work key
-    prompt: str
-    negative_prompt: str
-    steps: int
-    guidance: float
-    scheduler: str
-    seed: int
-    width: int | None = None
-    height: int | None = None
-    frames: int | None = None
-    fps: int | None = None
-    duration: float | None = None
-
-
-class Engine(BaseModel):
-    pipeline_class: str
-    model: str  # hub id or folder as configured
-    model_path: str  # the folder actually loaded
-    profile: str
-    scheduler: str
-    scheduler_class: str
-    steps: int
-    guidance: float
-    seed: int
-    dtype: str
-    device: str
-    memory: str = "cpu"  # where the weights lived: cpu, gpu, model_offload or sequential_offload
-    energy: Energy | None = None  # the generation's seconds and Wh, measured or estimated
 
 
 class Generated(StepResult):
     """A generated file in the work area, with how it was made and how long it took."""
 
-    engine: Engine
+    role: str
+    engine: EngineRun
     load_seconds: float
     generate_seconds: float
-
-
-_SPEC_OF = {"image": "cover", "sound": "sound", "video": "video"}
-
-
-def resolve_job(brief: Brief, prompts: PromptSet, modality: Modality) -> Job:
-    """The brief's request for one modality, with the profile's defaults where it left a blank."""
-    spec = getattr(brief, _SPEC_OF[modality])
-    defaults = ENGINES[modality].defaults(brief.models)
-    expanded = prompts.for_modality(modality)
-
-    def pick(name: str):
-        value = getattr(spec, name, None)
-        return value if value is not None else getattr(defaults, name, None)
-
-    model = (
-        tiny_cache_dir().name if brief.models == "tiny" else getattr(get_settings(), ENGINES[modality].settings_field)
-    )
-    return Job(
-        modality=modality,
-        profile=brief.models,
-        model=model,
-        prompt=expanded.prompt,
-        negative_prompt=expanded.negative_prompt,
-        steps=pick("steps"),
-        guidance=pick("guidance"),
-        scheduler=pick("scheduler"),
-        seed=brief.seed,
-        width=pick("width"),
-        height=pick("height"),
-        frames=pick("frames"),
-        fps=pick("fps"),
-        duration=getattr(spec, "duration", None),
-    )
 
 
 def step_progress(job: Job) -> Callable[[int], None]:
@@ -108,7 +44,7 @@ def step_progress(job: Job) -> Callable[[int], None]:
         return lambda step: None
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    artifact_id = create_progress_artifact(progress=0.0, description=f"{job.modality}: {job.steps} denoising steps")
+    artifact_id = create_progress_artifact(progress=0.0, description=f"{job.role}: {job.steps} denoising steps")
     shown = [0.0]
 
     def on_step(step: int) -> None:
@@ -120,16 +56,16 @@ def step_progress(job: Job) -> Callable[[int], None]:
     return on_step
 
 
-def run_generation(job: Job, call: Callable[[object, object, Callable[[int], None]], object]):
-    """Load (or reuse) the job's pipeline and run `call(pipe, generator, on_step)` under its lock.
+def run_generation(job: Job):
+    """Load (or reuse) the job's pipeline and run its engine's call under the pipeline's lock.
 
-    `on_step(i)` is to be called after denoising step i. Returns (output, engine record, load
-    seconds, generation seconds).
+    Returns (output, engine record, load seconds, generation seconds).
     """
     import torch
 
+    eng = engine(job.engine)
     start = time.perf_counter()
-    loaded = load_pipeline(job.modality, job.profile)
+    loaded = load_pipeline(job.engine, job.profile, job.weights_override)
     load_seconds = time.perf_counter() - start
     rt = runtime()
     on_step = step_progress(job)
@@ -138,16 +74,19 @@ def run_generation(job: Job, call: Callable[[object, object, Callable[[int], Non
         # A CPU generator gives the same noise on any device, so a seed means the same thing everywhere.
         generator = torch.Generator("cpu").manual_seed(job.seed)
         with metered(rt.device) as energy, torch.inference_mode():
-            output = call(loaded.pipe, generator, on_step)
+            output = eng.call(loaded.pipe, job, generator, on_step)
             if rt.device == "cuda":
                 torch.cuda.synchronize()
-        pipeline_calls[job.modality] += 1
-        generate_seconds = energy[0].seconds
+        pipeline_calls[job.role] += 1
         scheduler_class = type(loaded.pipe.scheduler).__name__
-    settings_ref = getattr(get_settings(), ENGINES[job.modality].settings_field)
-    engine = Engine(
+    record = EngineRun(
+        name=eng.name,
+        title=eng.title,
         pipeline_class=type(loaded.pipe).__name__,
-        model=settings_ref if job.profile == "full" else "tiny random weights (built offline)",
+        licence=eng.licence.name,
+        licence_url=eng.licence.url,
+        commercial_use=eng.licence.commercial,
+        model=job.weights if job.profile == "full" else "tiny random weights (built offline)",
         model_path=loaded.source,
         profile=job.profile,
         scheduler=job.scheduler,
@@ -155,26 +94,47 @@ def run_generation(job: Job, call: Callable[[object, object, Callable[[int], Non
         steps=job.steps,
         guidance=job.guidance,
         seed=job.seed,
+        params=job.params,
         dtype=rt.dtype_name,
         device=rt.device,
         memory=loaded.memory,
         energy=energy[0],
     )
-    return output, engine, load_seconds, generate_seconds
+    return output, record, load_seconds, energy[0].seconds
 
 
-def disclosure_for(job: Job, engine: Engine, title: str) -> Disclosure:
-    return Disclosure(title=title, prompt=job.prompt, seed=job.seed, model=engine.model, pipeline=engine.pipeline_class)
-
-
-def generation_step(job: Job, workspace: Workspace, kind: str, module_name: str) -> Step:
+def generation_step(job: Job, workspace: Workspace) -> Step:
     """The work-area folder of one generation: keyed by the job, the device and dtype it runs in
-    (fp16 on CUDA and fp32 on CPU give different outputs), and the code that loads and runs it.
+    (fp16 on CUDA and fp32 on CPU give different outputs), and the code that makes its file: the
+    engine's module, the functions it names, this task and the disclosure it embeds.
 
     The runtime is chosen once per process, so a key is stable within a run and across CPU runs;
     only the process that generates can compute it (see flows/generate.py for dispatched jobs).
     """
     rt = runtime()
     inputs = job.model_dump(mode="json") | {"device": rt.device, "dtype": rt.dtype_name}
-    code = (sys.modules[module_name], sys.modules[__name__], sys.modules[runtime.__module__])
-    return workspace.step(kind, inputs, *code)
+    eng = engine(job.engine)
+    code = (*eng.source_modules(), *eng.code, run_generation, generate.fn, disclosure_module)
+    return workspace.step(job.role, inputs, *code)
+
+
+@task(name="diffuse", task_run_name="diffuse-{job.role}", tags=["gpu"])
+def generate(job: Job, workspace: Workspace) -> Generated:
+    """Generate one role's asset into the work area (or find it there, made before)."""
+    step = generation_step(job, workspace)
+    with tracked(job.role) as stage:
+        if done := step.load(Generated):
+            stage.detail = "reused"
+            return done
+        output, record, load_s, gen_s = run_generation(job)
+        disclosure = Disclosure(
+            title=ROLES[job.role].title, prompt=job.prompt, seed=job.seed, model=record.model,
+            pipeline=record.pipeline_class,
+        )  # fmt: skip
+        path = step.file(ROLES[job.role].output)
+        side_files = engine(job.engine).write(output, path, job, disclosure)
+    made = Generated(
+        path=str(path), files=side_files, role=job.role, engine=record, load_seconds=load_s,
+        generate_seconds=gen_s, disclosure=disclosure,
+    )  # fmt: skip
+    return step.save(made)

@@ -8,21 +8,23 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tasks.brief import Brief
 from tasks.disclosure import png_info
-from tasks.generation import resolve_job
-from tasks.image import generate_cover
-from tasks.models import SCHEDULERS
+from tasks.engines import engine
+from tasks.files import atomic_path
+from tasks.generation import generate
+from tasks.jobs import resolve_job
 from tasks.prompts import expand_prompts
-from tasks.storage import atomic_path
 from tasks.workspace import Workspace
 
 
 def scheduler_grid(brief: Brief, workspace: Workspace, path: Path) -> dict[str, float]:
-    """Render the brief's cover under each scheduler into one labelled PNG; returns seconds per scheduler."""
+    """Render the brief's cover under each scheduler its engine accepts into one labelled PNG;
+    returns seconds per scheduler."""
     prompts = expand_prompts.fn(brief)
+    cover = resolve_job(brief, "cover", prompts["cover"])
     tiles, seconds = [], {}
-    for name in SCHEDULERS:
-        job = resolve_job(brief, prompts, "image").model_copy(update={"scheduler": name})
-        made = generate_cover.fn(job, workspace)
+    for name in engine(cover.engine).schedulers:
+        job = cover.model_copy(update={"scheduler": name})
+        made = generate.fn(job, workspace)
         seconds[name] = made.generate_seconds
         with Image.open(made.path) as im:
             tiles.append((name, im.convert("RGB")))

@@ -1,15 +1,17 @@
-"""The model registry: per modality, which pipeline, which weights, which defaults.
+"""Where weights come from and how pipelines are loaded, for every engine and the helper models.
 
 Two profiles choose the weights. `full` loads the real models from a local folder or the
-Hugging Face cache; `tiny` builds the same pipeline classes with small random weights once,
-saves them with `save_pretrained`, and from then on loads them exactly like `full` does.
-A loaded pipeline is kept for the life of the process and reused.
+Hugging Face cache; `tiny` builds the same pipeline classes with small random weights once
+(each engine's `build_tiny`), saves them with `save_pretrained`, and from then on loads them
+exactly like `full` does. A loaded pipeline is kept for the life of the process and reused.
+
+Besides the engines, a bundle uses two helper models on the cover: the BLIP captioner
+("caption") and Stable Diffusion's safety checker ("safety").
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import logging
 import os
@@ -17,88 +19,16 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from tasks import acceleration, tiny_models
+from tasks.engines import Engine, engine
 from tasks.errors import UserError
+from tasks.lazy import MODEL_LOCK, lazy_import
 from tasks.settings import get_settings
-
-Modality = Literal["image", "sound", "video"]
-MODALITIES: tuple[Modality, ...] = ("image", "sound", "video")
-
-# Set before diffusers/transformers import: their loggers read these once. The deprecation line that
-# AudioLDMPipeline and TextToVideoSDPipeline log on every load is known (see the registry below).
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-@dataclass(frozen=True)
-class Defaults:
-    steps: int
-    guidance: float
-    scheduler: str = "dpm++"
-    width: int | None = None
-    height: int | None = None
-    frames: int | None = None
-    fps: int | None = None
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    modality: Modality
-    pipeline_class: str
-    settings_field: str  # the Settings attribute naming the full model (hub id or folder)
-    full: Defaults
-    tiny: Defaults
-
-    def defaults(self, profile: str) -> Defaults:
-        return self.full if profile == "full" else self.tiny
-
-
-# AudioLDMPipeline and TextToVideoSDPipeline sit in diffusers' deprecated pipelines (last maintained in
-# 0.33.1) but still run in 0.42; they are the classes the seed models were published for.
-ENGINES: dict[Modality, EngineSpec] = {
-    # Cover: 512x768 is SD1.5's native width at a book cover's 2:3.
-    "image": EngineSpec(
-        "image",
-        "StableDiffusionPipeline",
-        "image_model",
-        full=Defaults(steps=25, guidance=7.5, width=512, height=768),
-        tiny=Defaults(steps=4, guidance=7.5, width=128, height=192),
-    ),
-    # Sound length comes from the brief (5 s by default); AudioLDM is tuned for low guidance.
-    "sound": EngineSpec(
-        "sound",
-        "AudioLDMPipeline",
-        "sound_model",
-        full=Defaults(steps=20, guidance=2.5),
-        tiny=Defaults(steps=4, guidance=2.5),
-    ),
-    # Zeroscope v2 576w's native size; 24 frames at 8 fps make 3 s.
-    "video": EngineSpec(
-        "video",
-        "TextToVideoSDPipeline",
-        "video_model",
-        full=Defaults(steps=25, guidance=9.0, width=576, height=320, frames=24, fps=8),
-        tiny=Defaults(steps=4, guidance=9.0, width=64, height=32, frames=8, fps=8),
-    ),
-}
-
-# Every model a bundle uses -> the Settings field naming its full weights (the captioner is BLIP).
-SETTINGS_FIELD = {m: spec.settings_field for m, spec in ENGINES.items()} | {"caption": "caption_model"}
-
-# Scheduler choices: name -> (diffusers class, extra config).
-SCHEDULERS: dict[str, tuple[str, dict]] = {
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "ddim": ("DDIMScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
-}
 
 # What `models pull` fetches: the diffusers layout, not the single-file checkpoints beside it.
 _PULL_IGNORE = ["*.ckpt", "*.pth", "*non_ema*", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5", "*.ot", "*.md"]
+HELPERS = {"caption": "caption_model", "safety": "safety_model"}  # helper model -> the setting naming its weights
 
 
 class ModelNotAvailable(UserError):
@@ -136,35 +66,34 @@ def runtime() -> Runtime:
         return _runtime
 
 
-def tiny_cache_dir() -> Path:
-    """Folder of the tiny pipelines, keyed by the builder's source so a change rebuilds them."""
-    source = inspect.getsource(tiny_models).encode()
-    return get_settings().model_cache / f"tiny-{hashlib.sha256(source).hexdigest()[:10]}"
+def _code_hash(*modules) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:10]
 
 
-# One lock for every model build and load in the process: transformers and diffusers create
-# modules on the "meta" device inside a context that patches torch globally, so two loads in
-# two threads can leave one model with weights that were never materialised.
-MODEL_LOCK = threading.RLock()
+def tiny_version(name: str) -> str:
+    """The tiny build's folder name, keyed by the code that builds it: editing an engine rebuilds only its own."""
+    modules = (tiny_models,) if name in HELPERS else (tiny_models, *engine(name).source_modules())
+    return f"tiny-{name}-{_code_hash(*modules)}"
 
 
-def lazy_import(module: str, name: str):
-    """`from module import name` under MODEL_LOCK. diffusers and transformers import their names
-    lazily and not thread-safely: resolving one while another thread imports can raise ImportError."""
-    with MODEL_LOCK:
-        return getattr(importlib.import_module(module), name)
+def ensure_tiny_model(name: str) -> Path:
+    """Build and save an engine's tiny pipeline (or a tiny helper model) once; later calls return its folder."""
+    import torch
 
-
-def ensure_tiny_model(modality: str) -> Path:
-    """Build and save the tiny pipeline (or captioner) once; later calls return its folder."""
-    target = tiny_cache_dir() / modality
+    target = get_settings().model_cache / tiny_version(name)
     with MODEL_LOCK:
         if target.is_dir():  # complete: it is renamed into place only once fully saved
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.parent / f".{modality}.{os.getpid()}.partial"
+        partial = target.parent / f".{target.name}.{os.getpid()}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        tiny_models.build_tiny_pipeline(modality).save_pretrained(partial)
+        torch.manual_seed(0)  # the same weights on every machine
+        built = tiny_models.AUX_BUILDERS[name]() if name in HELPERS else engine(name).build_tiny()
+        tiny_models.eval_modules(built)
+        built.save_pretrained(partial)
         try:
             partial.rename(target)  # atomic: another process may have finished first
         except OSError:
@@ -172,11 +101,13 @@ def ensure_tiny_model(modality: str) -> Path:
         return target
 
 
-def model_source(modality: str, profile: str) -> str:
-    """The folder the pipeline (or captioner) loads from; raises ModelNotAvailable for missing full weights."""
-    if profile == "tiny":
-        return str(ensure_tiny_model(modality))
-    ref = getattr(get_settings(), SETTINGS_FIELD[modality])
+def full_weights(engine_name: str, override: str | None = None) -> str:
+    """The full weights an engine loads: the brief's, else GENBUNDLE_WEIGHTS' entry, else the engine's own."""
+    return override or get_settings().weights.get(engine_name) or engine(engine_name).weights
+
+
+def weights_source(ref: str, what: str, setting: str) -> str:
+    """A local folder for a hub id or folder, from the Hugging Face cache; ModelNotAvailable when absent."""
     if Path(ref).expanduser().is_dir():
         return str(Path(ref).expanduser())
     from huggingface_hub import snapshot_download
@@ -185,11 +116,22 @@ def model_source(modality: str, profile: str) -> str:
     try:
         return snapshot_download(ref, local_files_only=True, ignore_patterns=_PULL_IGNORE)
     except (LocalEntryNotFoundError, OSError, ValueError):
-        setting = "GENBUNDLE_" + SETTINGS_FIELD[modality].upper()
         raise ModelNotAvailable(
-            f"{modality} model '{ref}' is not in the Hugging Face cache ({_hf_cache()}): "
-            f"fetch it with `genbundle models pull --models full`, or point {setting} at a local folder"
+            f"{what} weights '{ref}' are not in the Hugging Face cache ({_hf_cache()}): "
+            f"fetch them with `genbundle models pull --models full`, or point {setting} at a local folder"
         ) from None
+
+
+def model_source(name: str, profile: str, weights: str | None = None) -> str:
+    """The folder an engine's pipeline (or a helper model) loads from."""
+    if profile == "tiny":
+        return str(ensure_tiny_model(name))
+    if name in HELPERS:
+        return weights_source(getattr(get_settings(), HELPERS[name]), name, f"GENBUNDLE_{HELPERS[name].upper()}")
+    ref = full_weights(name, weights)
+    return weights_source(
+        ref, f"{engine(name).role} engine {name}", f"the brief's weights or GENBUNDLE_WEIGHTS['{name}']"
+    )
 
 
 def _hf_cache() -> str:
@@ -198,28 +140,22 @@ def _hf_cache() -> str:
     return HF_HUB_CACHE
 
 
-def check_models_available(profile: str) -> None:
-    """Fail fast, before any generation, when a full model is missing."""
-    if profile == "full":
-        for modality in SETTINGS_FIELD:
-            model_source(modality, "full")
-
-
-def pull_models(profile: str, log=print) -> dict[str, str]:
-    """Fill the cache: build the tiny pipelines, or download the full weights from the hub."""
+def pull_models(profile: str, engine_names: list[str], log=print) -> dict[str, str]:
+    """Fill the cache for these engines and the helper models: build the tiny ones, or download the full ones."""
     found = {}
-    for modality, field in SETTINGS_FIELD.items():
-        ref = getattr(get_settings(), field)
+    for name in [*engine_names, *HELPERS]:
         if profile == "tiny":
-            found[modality] = str(ensure_tiny_model(modality))
-        elif Path(ref).expanduser().is_dir():
-            found[modality] = ref
+            found[name] = str(ensure_tiny_model(name))
         else:
-            from huggingface_hub import snapshot_download
+            ref = getattr(get_settings(), HELPERS[name]) if name in HELPERS else full_weights(name)
+            if Path(ref).expanduser().is_dir():
+                found[name] = ref
+            else:
+                from huggingface_hub import snapshot_download
 
-            log(f"fetching {modality} model {ref} ...")
-            found[modality] = snapshot_download(ref, ignore_patterns=_PULL_IGNORE)
-        log(f"{modality}: {found[modality]}")
+                log(f"fetching {name} weights {ref} ...")
+                found[name] = snapshot_download(ref, ignore_patterns=_PULL_IGNORE)
+        log(f"{name}: {found[name]}")
     return found
 
 
@@ -247,39 +183,29 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_pipeline(modality: Modality, profile: str) -> LoadedPipeline:
-    """Load (or reuse) the pipeline for a modality and profile, placed on the chosen device."""
-    source = model_source(modality, profile)
+def load_pipeline(name: str, profile: str, weights: str | None = None) -> LoadedPipeline:
+    """Load (or reuse) an engine's pipeline for a profile, placed on the chosen device."""
+    eng: Engine = engine(name)
+    source = model_source(name, profile, weights)
     rt = runtime()
-    key = (modality, source, rt.device, rt.dtype_name)
+    key = (name, source, rt.device, rt.dtype_name)
     with MODEL_LOCK:
         if key in _loaded:
             return _loaded[key]
         _quiet_libraries()
-        cls = lazy_import("diffusers", ENGINES[modality].pipeline_class)
-        kwargs = {"dtype": rt.dtype}
-        if modality == "image":  # the safety checker is not part of generation here
-            kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        cls = lazy_import("diffusers", eng.pipeline_class)
         logging.getLogger(__name__).debug("loading %s from %s", cls.__name__, source)
-        pipe = cls.from_pretrained(source, **kwargs)
-        memory = acceleration.place(pipe, modality, rt.device)
+        pipe = cls.from_pretrained(source, dtype=rt.dtype, **eng.load_kwargs)
+        memory = acceleration.place(pipe, eng, rt.device)
         pipe.set_progress_bar_config(disable=True)
         loaded = LoadedPipeline(pipe, source, threading.Lock(), memory)
         _loaded[key] = loaded
         return loaded
 
 
-def use_scheduler(pipe, name: str) -> None:
-    """Swap the pipeline's scheduler for the named one, keeping the model's noise schedule."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls_name, extra = SCHEDULERS[name]
-    cls = lazy_import("diffusers", cls_name)
-    if type(pipe.scheduler) is cls and all(pipe.scheduler.config.get(k) == v for k, v in extra.items()):
-        return
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
-
-
-def load_tokenizer(modality: Modality, profile: str):
-    """The pipeline's own tokenizer, without loading its models (for counting prompt tokens)."""
-    return lazy_import("transformers", "AutoTokenizer").from_pretrained(model_source(modality, profile), subfolder="tokenizer")
+def load_tokenizer(name: str, profile: str, weights: str | None = None):
+    """An engine's own tokenizer, without loading its models (for counting prompt tokens)."""
+    folder = engine(name).tokenizer_folder
+    return lazy_import("transformers", "AutoTokenizer").from_pretrained(
+        model_source(name, profile, weights), subfolder=folder
+    )

@@ -4,7 +4,7 @@ GENBUNDLE_BLOCKED_TERMS holds comma-separated words or phrases; a prompt (or tit
 tagline) that contains one as a whole word is refused with one line naming the field and term.
 The brief is checked first (`check_prompt_policy`), then the prompts the models actually get
 (`check_jobs`): expansion adds terms, a GENBUNDLE_PROMPT_MODEL rewrite may add anything, and the
-per-modality generation flows take jobs straight from their callers.
+generation flow take jobs straight from their callers.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import re
 from collections.abc import Iterable
 
 from tasks.brief import Brief, BriefError
-from tasks.generation import Job
+from tasks.engines import ROLES
+from tasks.jobs import Job
 from tasks.settings import get_settings
-
-_FIELD_OF = {"image": "cover.prompt", "sound": "sound.prompt", "video": "video.prompt"}
 
 
 def blocked_terms() -> list[str]:
@@ -38,16 +37,8 @@ def _refuse_blocked(fields: dict[str, str]) -> None:
 
 def check_prompt_policy(brief: Brief) -> None:
     """Raise BriefError for the first field of the brief that contains a blocked term."""
-    _refuse_blocked(
-        {
-            "title": brief.title,
-            "author": brief.author,
-            "tagline": brief.tagline or "",
-            "cover.prompt": brief.cover.prompt,
-            "sound.prompt": brief.sound.prompt,
-            "video.prompt": brief.video.prompt,
-        }
-    )
+    fields = {"title": brief.title, "author": brief.author, "tagline": brief.tagline or ""}
+    _refuse_blocked(fields | {f"{role}.prompt": brief.section(role).prompt for role in ROLES})
 
 
 def check_jobs(jobs: Iterable[Job]) -> None:
@@ -56,4 +47,4 @@ def check_jobs(jobs: Iterable[Job]) -> None:
     Negative prompts are not checked: naming a term there steers the model away from it.
     """
     for job in jobs:
-        _refuse_blocked({f"{_FIELD_OF[job.modality]} (as expanded)": job.prompt})
+        _refuse_blocked({f"{job.role}.prompt (as expanded)": job.prompt})

@@ -1,6 +1,6 @@
 """Prompt expansion: the brief's short prompts become full prompts and negative prompts.
 
-Deterministic templates add style, lighting, camera and quality terms per modality, skipping
+Deterministic templates (each engine's own) add style, lighting, camera and quality terms, skipping
 terms the prompt already says, and keep every prompt within the text encoder's context
 (77 tokens, counted by the pipeline's own tokenizer). What does not fit is dropped with a
 warning and recorded, never cut silently. An optional text-generation model may rewrite
@@ -16,39 +16,11 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.brief import Brief
+from tasks.engines import ROLES, PromptTemplate
+from tasks.lazy import MODEL_LOCK, lazy_import
 from tasks.logs import run_logger
-from tasks.models import MODEL_LOCK, Modality, lazy_import, load_tokenizer
+from tasks.models import load_tokenizer
 from tasks.settings import get_settings
-
-# Terms in priority order: when the context is short, the last ones are dropped first.
-TEMPLATES: dict[Modality, dict] = {
-    "image": {
-        "terms": [
-            "fantasy book cover illustration",  # style
-            "dramatic rim lighting",  # lighting
-            "vertical composition with clear space for the title",  # camera / framing
-            "highly detailed",  # quality
-            "sharp focus",
-            "masterpiece",
-        ],
-        # Lettering is typeset afterwards: generated text on the cover only gets in the way.
-        "negative": "text, letters, watermark, signature, logo, blurry, low quality, jpeg artifacts, deformed",
-    },
-    "sound": {
-        "terms": ["realistic", "close microphone", "high quality studio recording", "clear"],
-        "negative": "low quality, noise, hiss, distortion, clipping, music, speech",
-    },
-    "video": {
-        "terms": [
-            "cinematic",
-            "golden hour lighting",
-            "smooth tracking shot",
-            "high detail",
-            "sharp focus",
-        ],
-        "negative": "blurry, flicker, jitter, distorted, low quality, watermark, text, still frame",
-    },
-}
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = {"a", "an", "the", "of", "and", "with", "on", "in", "at", "to", "for", "by", "from", "into", "its"}
@@ -67,13 +39,7 @@ class ExpandedPrompt(BaseModel):
     rewritten_by: str | None = None  # the text-generation model that rewrote the prompt, if any
 
 
-class PromptSet(BaseModel):
-    image: ExpandedPrompt
-    sound: ExpandedPrompt
-    video: ExpandedPrompt
-
-    def for_modality(self, modality: Modality) -> ExpandedPrompt:
-        return getattr(self, modality)
+PromptSet = dict[str, ExpandedPrompt]  # role -> its prompt as the engine gets it
 
 
 def content_words(text: str) -> set[str]:
@@ -103,26 +69,27 @@ class _Counter:
         return "", text
 
 
-def expand_one(modality: Modality, original: str, negative: str | None, tokenizer, rewrite=None) -> ExpandedPrompt:
-    """Template expansion of one prompt, kept within the tokenizer's context."""
+def expand_one(
+    role: str, template: PromptTemplate, original: str, negative: str | None, tokenizer, rewrite=None
+) -> ExpandedPrompt:
+    """Template expansion of one role's prompt, kept within the tokenizer's context."""
     log = run_logger("genbundle.prompts")
     counter = _Counter(tokenizer)
-    template = TEMPLATES[modality]
 
     base, rewritten_by = original, None
     if rewrite is not None:
-        candidate = rewrite(modality, original)
+        candidate = rewrite(role, original)
         if candidate is not None:
             base, rewritten_by = candidate
 
     base = base.strip().rstrip(".")
     base, trimmed = counter.trim(base)
     if trimmed:
-        log.warning("%s prompt is longer than %d tokens; dropped: %r", modality, counter.limit, trimmed)
+        log.warning("%s prompt is longer than %d tokens; dropped: %r", role, counter.limit, trimmed)
 
     said = content_words(base)
     prompt, dropped = base, []
-    for term in template["terms"]:
+    for term in template.terms:
         words = content_words(term)
         if len(words & said) * 2 >= len(words):
             continue  # the prompt already says most of it
@@ -133,11 +100,11 @@ def expand_one(modality: Modality, original: str, negative: str | None, tokenize
         else:
             dropped.append(term)
     if dropped:
-        log.warning("%s prompt: no room within %d tokens for %s", modality, counter.limit, ", ".join(dropped))
+        log.warning("%s prompt: no room within %d tokens for %s", role, counter.limit, ", ".join(dropped))
 
-    negative_prompt, negative_trimmed = counter.trim(negative if negative is not None else template["negative"])
+    negative_prompt, negative_trimmed = counter.trim(negative if negative is not None else template.negative)
     if negative_trimmed:
-        log.warning("%s negative prompt is too long; dropped: %r", modality, negative_trimmed)
+        log.warning("%s negative prompt is too long; dropped: %r", role, negative_trimmed)
 
     return ExpandedPrompt(
         original=original,
@@ -154,8 +121,6 @@ def expand_one(modality: Modality, original: str, negative: str | None, tokenize
 
 
 # --- optional rewriting by a text-generation model ------------------------------------------
-
-_KIND = {"image": "a book cover illustration", "sound": "a sound effect", "video": "a short film shot"}
 
 
 @lru_cache(maxsize=2)
@@ -180,13 +145,13 @@ def looks_degenerate(original: str, text: str) -> bool:
 def rewrite_with_model(model: str):
     """A rewrite function for expand_one using a transformers text-generation model."""
 
-    def rewrite(modality: Modality, original: str) -> tuple[str, str] | None:
-        instruction = f"Rewrite this as a vivid, detailed prompt for {_KIND[modality]}: {original}\nPrompt:"
+    def rewrite(role: str, original: str) -> tuple[str, str] | None:
+        instruction = f"Rewrite this as a vivid, detailed prompt for {ROLES[role].describes}: {original}\nPrompt:"
         out = _generator(model)(instruction, max_new_tokens=60, do_sample=False, return_full_text=False)
         text = out[0]["generated_text"].strip().split("\n")[0].strip()
         if looks_degenerate(original, text):
             run_logger("genbundle.prompts").warning(
-                "%s prompt rewrite by %s looked degenerate; using the template", modality, model
+                "%s prompt rewrite by %s looked degenerate; using the template", role, model
             )
             return None
         return text, model
@@ -196,13 +161,12 @@ def rewrite_with_model(model: str):
 
 @task(name="expand-prompts")
 def expand_prompts(brief: Brief) -> PromptSet:
-    """Expand the brief's three prompts with each pipeline's own tokenizer."""
+    """Expand each role's prompt with its engine's template and tokenizer."""
     model = get_settings().prompt_model
     rewrite = rewrite_with_model(model) if model else None
-    specs = {"image": brief.cover, "sound": brief.sound, "video": brief.video}
-    return PromptSet(
-        **{
-            m: expand_one(m, spec.prompt, spec.negative_prompt, load_tokenizer(m, brief.models), rewrite)
-            for m, spec in specs.items()
-        }
-    )
+    expanded = {}
+    for role in ROLES:
+        eng, section = brief.engine_for(role), brief.section(role)
+        tokenizer = load_tokenizer(eng.name, brief.models, section.weights)
+        expanded[role] = expand_one(role, eng.prompt, section.prompt, section.negative_prompt, tokenizer, rewrite)
+    return expanded

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import threading
 import time
@@ -28,8 +27,8 @@ from pydantic import BaseModel
 
 from tasks.errors import UserError
 from tasks.logs import run_logger
+from tasks.manifest import MANIFEST_NAME, Manifest
 from tasks.settings import Settings, get_settings
-from tasks.storage import MANIFEST_NAME
 
 
 class StorageError(UserError):
@@ -335,8 +334,8 @@ def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | 
     manifest_path = local_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise StorageError(f"storage: {local_dir} holds no {MANIFEST_NAME}: not a complete bundle")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    location = target.child(manifest["bundle_id"])
+    manifest = Manifest.read(manifest_path)
+    location = target.child(manifest.bundle_id)
     started = time.perf_counter()
 
     with storage_errors(location, intact=local_dir):
@@ -354,10 +353,8 @@ def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | 
         results: dict[str, tuple[bool, str]] = {}
         with ThreadPoolExecutor(max_workers=settings.s3_concurrency) as pool:
             futures = {
-                a["name"]: pool.submit(
-                    up.put, local_dir / a["name"], location.key(a["name"]), a["media_type"], a["sha256"]
-                )
-                for a in manifest["assets"]
+                a.name: pool.submit(up.put, local_dir / a.name, location.key(a.name), a.media_type, a.sha256)
+                for a in manifest.assets
             }
             for name, future in futures.items():
                 results[name] = future.result()
@@ -379,7 +376,7 @@ def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | 
 # --- reading back ---------------------------------------------------------------------------
 
 
-def read_manifest(client, location: S3Location) -> dict | None:
+def read_manifest(client, location: S3Location) -> Manifest | None:
     from botocore.exceptions import ClientError
 
     try:
@@ -388,7 +385,7 @@ def read_manifest(client, location: S3Location) -> dict | None:
         if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
         raise
-    return json.loads(body)
+    return Manifest.from_json(body, location.url(MANIFEST_NAME))
 
 
 class BundleListing(BaseModel):
@@ -418,10 +415,10 @@ def list_bundles(target: S3Location) -> list[BundleListing]:
                     BundleListing(
                         url=target.url(bundle) + "/",
                         bundle_id=bundle,
-                        title=manifest["brief"]["title"] if manifest else None,
-                        created=manifest.get("created") if manifest else None,
-                        assets=len(manifest["assets"]) if manifest else 0,
-                        bytes=sum(a["bytes"] for a in manifest["assets"]) if manifest else 0,
+                        title=manifest.title if manifest else None,
+                        created=manifest.created if manifest else None,
+                        assets=len(manifest.assets) if manifest else 0,
+                        bytes=sum(a.bytes for a in manifest.assets) if manifest else 0,
                     )
                 )
     return sorted(found, key=lambda b: b.created or "", reverse=True)

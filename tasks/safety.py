@@ -18,9 +18,10 @@ from prefect import task
 from tasks.disclosure import png_info
 from tasks.energy import Energy, metered
 from tasks.errors import UserError
-from tasks.models import MODEL_LOCK, model_source, runtime
+from tasks.files import atomic_path
+from tasks.lazy import MODEL_LOCK
+from tasks.models import model_source, runtime
 from tasks.progress import tracked
-from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
 
 _loaded: dict[str, tuple] = {}
@@ -28,11 +29,11 @@ _loaded: dict[str, tuple] = {}
 
 def safety_checker_folder(profile: str) -> str:
     """The folder holding `safety_checker/` and `feature_extractor/`; a clear error when there is none."""
-    root = model_source("safety", "tiny") if profile == "tiny" else model_source("image", "full")
+    root = model_source("safety", profile)
     if not (Path(root) / "safety_checker").is_dir():
         raise UserError(
-            f"no safety checker in {root}/safety_checker: use a Stable Diffusion folder that has one, "
-            "or set GENBUNDLE_SAFETY=off"
+            f"no safety checker in {root}/safety_checker: point GENBUNDLE_SAFETY_MODEL at a Stable Diffusion "
+            "folder that has one, or set GENBUNDLE_SAFETY=off"
         )
     return root
 

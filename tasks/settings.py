@@ -24,10 +24,15 @@ class Settings(BaseSettings):
     model_cache: Path = Field(
         default_factory=_default_model_cache, description="Where the tiny profile's pipelines are built and kept."
     )
-    image_model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5", description="Hub id or local folder.")
-    sound_model: str = Field("cvssp/audioldm-s-full-v2", description="Hub id or local folder.")
-    video_model: str = Field("cerspense/zeroscope_v2_576w", description="Hub id or local folder.")
+    weights: dict[str, str] = Field(
+        default_factory=dict,
+        description='Full weights per engine, a JSON object: {"sd15": "/models/sd15"}; a brief\'s weights field wins.',
+    )
     caption_model: str = Field("Salesforce/blip-image-captioning-base", description="BLIP captioner: hub id or folder.")
+    safety_model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Hub id or folder holding Stable Diffusion's safety_checker/ and feature_extractor/.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The CUDA fast path (tasks/acceleration.py); the CPU always runs float32, whole, uncompiled.
     dtype: Literal["float16", "bfloat16"] = Field("float16", description="Precision of the pipelines on CUDA.")

@@ -1,38 +1,23 @@
-"""Where bundles live: the storage setting, the bundle id, atomic writes, and the store step (local disk).
+"""Where bundles live: the storage setting, and the store step (local disk).
 
-Every file is written under a temporary name and renamed into place, so a crash never leaves
-a half-written file that looks finished. The manifest is stored last: a reader that sees
-`bundle.json` can rely on every asset it lists being there.
+Every file is written atomically (tasks/files.py). The manifest is stored last: a reader that
+sees `bundle.json` can rely on every asset it lists being there.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import task
 
-from tasks.brief import Brief
+from tasks.files import atomic_path, sha256_file
+from tasks.manifest import MANIFEST_NAME, Manifest, ManifestError
 from tasks.settings import get_settings
-
-MANIFEST_NAME = "bundle.json"
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)...
-os.umask(_UMASK)  # ...and put back at once, before any task thread runs
-
-
-def bundle_id(brief: Brief) -> str:
-    """Readable and stable: the title's slug and a hash of the whole brief (seed and profile included)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", brief.title.lower()).strip("-")[:40].strip("-") or "bundle"
-    return f"{slug}-{brief.fingerprint()[:12]}"
 
 
 def out_root(out: str | Path | None = None, storage: str | None = None) -> Path:
@@ -60,22 +45,6 @@ def out_root(out: str | Path | None = None, storage: str | None = None) -> Path:
 
 def _same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it into place only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix + ".part", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters or more: a Windows drive ("C:") is a path
@@ -114,7 +83,7 @@ def storage_target(storage: str | None = None) -> str | None:
 
 
 @task(name="store-bundle")
-def store_bundle(manifest: dict, files: dict[str, str], out: str | None = None) -> str:
+def store_bundle(manifest: Manifest, files: dict[str, str], out: str | None = None) -> str:
     """Write the files (name -> path in the work area), then the manifest, into `<out>/<bundle-id>/`.
 
     Returns the folder's path. A bundle already stored with the very same brief and asset hashes
@@ -122,7 +91,7 @@ def store_bundle(manifest: dict, files: dict[str, str], out: str | None = None) 
     uploading) it again changes nothing. A different bundle in the folder is replaced: its
     manifest first, then the assets, then its assets the new one lacks, the new manifest last.
     """
-    target = out_root(out) / manifest["bundle_id"]
+    target = out_root(out) / manifest.bundle_id
     target.mkdir(parents=True, exist_ok=True)
     manifest_path, replaced = target / MANIFEST_NAME, target / f".{MANIFEST_NAME}.replaced"
     old = _read_manifest(manifest_path)
@@ -131,49 +100,40 @@ def store_bundle(manifest: dict, files: dict[str, str], out: str | None = None) 
         # aside first (kept, hidden, so a replacement cut short still knows which files were the old bundle's).
         if manifest_path.exists():
             os.replace(manifest_path, replaced)
-        previous = old or _read_manifest(replaced) or {}
+        previous = old or _read_manifest(replaced)
         for name, source in files.items():
             with atomic_path(target / name) as tmp:
                 shutil.copyfile(source, tmp)
         # Assets of the old bundle that the new one lacks; files no manifest listed are the user's.
-        listed = {a["name"] for a in manifest["assets"]} | set(files)
-        for name in {a.get("name") for a in previous.get("assets", [])} - listed:
-            if name and Path(name).name == name and name != MANIFEST_NAME:
+        listed = {a.name for a in manifest.assets} | set(files)
+        for name in {a.name for a in previous.assets} - listed if previous else ():
+            if Path(name).name == name and name != MANIFEST_NAME:
                 (target / name).unlink(missing_ok=True)
         with atomic_path(manifest_path) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            tmp.write_text(manifest.to_json(), encoding="utf-8")
     replaced.unlink(missing_ok=True)
     return str(target.resolve())
 
 
-def _read_manifest(path: Path) -> dict | None:
+def _read_manifest(path: Path) -> Manifest | None:
     """A stored manifest, or None when there is none (or it is unreadable: then it is replaced)."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return Manifest.read(path)
+    except ManifestError:
         return None
-    return stored if isinstance(stored, dict) else None
 
 
-def _same_bundle(folder: Path, stored: dict | None, manifest: dict) -> bool:
+def _same_bundle(folder: Path, stored: Manifest | None, manifest: Manifest) -> bool:
     """Whether a stored manifest describes the same brief and byte-identical assets."""
     if stored is None:
         return False
 
-    def identity(m: dict):
-        return m.get("brief"), sorted((a["name"], a["sha256"]) for a in m.get("assets", []))
+    def identity(m: Manifest):
+        return m.brief, sorted((a.name, a.sha256) for a in m.assets)
 
     return identity(stored) == identity(manifest) and all(
-        (folder / a["name"]).is_file() and sha256_file(folder / a["name"]) == a["sha256"] for a in stored["assets"]
+        (folder / a.name).is_file() and sha256_file(folder / a.name) == a.sha256 for a in stored.assets
     )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @task(name="upload-bundle", tags=["storage"])

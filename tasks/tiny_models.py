@@ -1,8 +1,9 @@
-"""Tiny offline versions of the three real pipelines.
+"""The parts tiny offline pipelines are built from, and the tiny captioner and safety checker.
 
-Same pipeline classes as the full profile, built from small configs with seeded random
-weights, so the whole chain runs on a CPU in seconds without downloading anything.
-Their output is noise-like by nature: they exercise the code path, not the art.
+Each engine builds its tiny pipeline (tasks/engines/) from these parts: the same pipeline classes
+as the full profile, from small configs with seeded random weights, so the whole chain runs on a
+CPU in seconds without downloading anything. Their output is noise-like by nature: they exercise
+the code path, not the art.
 
 The tokenizers are byte-pair encoders trained here on a small built-in corpus of prompt
 vocabulary, in the same formats as the real ones (CLIP for image and video, RoBERTa for
@@ -86,7 +87,7 @@ def roberta_tokenizer():
     return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LIMIT)
 
 
-def _scheduler():
+def scheduler():
     """DPM-Solver++ on Stable Diffusion's published noise schedule (scaled linear betas)."""
     from diffusers import DPMSolverMultistepScheduler
 
@@ -100,7 +101,7 @@ def _scheduler():
     )
 
 
-def _clip_text_encoder(vocab_size: int):
+def clip_text_encoder(vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -118,7 +119,7 @@ def _clip_text_encoder(vocab_size: int):
     return CLIPTextModel(config)
 
 
-def _image_vae(in_channels: int = 3, channels: int = 8):
+def image_vae(in_channels: int = 3, channels: int = 8):
     from diffusers import AutoencoderKL
 
     # Four blocks: the same 8x spatial compression as the real VAEs, so sizes validate alike.
@@ -132,128 +133,6 @@ def _image_vae(in_channels: int = 3, channels: int = 8):
         norm_num_groups=4,
         layers_per_block=1,
         sample_size=64,
-    )
-
-
-def build_image_pipeline():
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
-    tokenizer = clip_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    return StableDiffusionPipeline(
-        vae=_image_vae(),
-        text_encoder=_clip_text_encoder(len(tokenizer)),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-def build_audio_pipeline():
-    from diffusers import AudioLDMPipeline, AutoencoderKL, UNet2DConditionModel
-    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    tokenizer = roberta_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=(16, 32),
-        norm_num_groups=8,
-        class_embed_type="simple_projection",
-        projection_class_embeddings_input_dim=32,
-        class_embeddings_concat=True,
-    )
-    # AudioLDM's VAE works on a one-channel mel spectrogram, with 4x compression as in the real one.
-    vae = AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    )
-    text_encoder = ClapTextModelWithProjection(
-        ClapTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            projection_dim=32,
-            max_position_embeddings=TOKEN_LIMIT + 2 + 1,  # RoBERTa positions start after the pad id.
-            bos_token_id=0,
-            pad_token_id=1,
-            eos_token_id=2,
-        )
-    )
-    # A random HiFi-GAN with the default initializer_range (0.01) is near-silent and 0.25 saturates;
-    # 0.1 gives a noise at a plausible level (peak about -10 dBFS).
-    vocoder = SpeechT5HifiGan(
-        SpeechT5HifiGanConfig(
-            model_in_dim=64,
-            sampling_rate=16000,
-            upsample_initial_channel=32,
-            upsample_rates=[4, 4, 10],  # 160 samples per mel frame, as in AudioLDM.
-            upsample_kernel_sizes=[8, 8, 20],
-            resblock_kernel_sizes=[3, 7],
-            resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
-            normalize_before=False,
-            initializer_range=0.1,
-        )
-    )
-    return AudioLDMPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_scheduler(),
-        vocoder=vocoder,
-    )
-
-
-def build_video_pipeline():
-    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
-
-    tokenizer = clip_tokenizer()
-    unet = UNet3DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    return TextToVideoSDPipeline(
-        vae=_image_vae(),
-        text_encoder=_clip_text_encoder(len(tokenizer)),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_scheduler(),
     )
 
 
@@ -327,26 +206,17 @@ def build_safety_checker():
     return TinySafetyChecker(StableDiffusionSafetyChecker(config), processor)
 
 
-BUILDERS = {
-    "image": build_image_pipeline,
-    "sound": build_audio_pipeline,
-    "video": build_video_pipeline,
-    "caption": build_caption_model,
-    "safety": build_safety_checker,
-}
+AUX_BUILDERS = {"caption": build_caption_model, "safety": build_safety_checker}
 
 
-def build_tiny_pipeline(modality: str, seed: int = 0):
-    """Build the tiny pipeline for a modality with weights drawn from a fixed seed."""
-    torch.manual_seed(seed)
-    pipe = BUILDERS[modality]()
-    if isinstance(pipe, TinyCaptioner):
-        modules = [pipe.model]
-    elif isinstance(pipe, TinySafetyChecker):
-        modules = [pipe.checker]
+def eval_modules(built) -> None:
+    """Constructors leave modules in training mode; dropout breaks determinism."""
+    if isinstance(built, TinyCaptioner):
+        modules = [built.model]
+    elif isinstance(built, TinySafetyChecker):
+        modules = [built.checker]
     else:
-        modules = list(pipe.components.values())
+        modules = list(built.components.values())
     for component in modules:
         if isinstance(component, torch.nn.Module):
-            component.eval()  # constructors leave modules in training mode; dropout breaks determinism.
-    return pipe
+            component.eval()

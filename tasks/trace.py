@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -21,9 +22,12 @@ from pydantic import Field
 
 from tasks.disclosure import png_info
 from tasks.energy import Energy, metered
+from tasks.files import atomic_path
 from tasks.progress import tracked
-from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
+
+if TYPE_CHECKING:  # the engines import ReverseTrace from here; generation imports the engines
+    from tasks.generation import Generated
 
 FORWARD_NAME = "trace_forward.png"
 REVERSE_NAME = "trace_reverse.png"
@@ -138,7 +142,7 @@ def forward_frames(pipe, cover_path: str, seed: int) -> list[tuple[str, Image.Im
     """The cover, VAE-encoded, noised at FORWARD_TIMESTEPS with the model's training noise schedule, decoded."""
     import torch
 
-    from tasks.models import lazy_import
+    from tasks.lazy import lazy_import
 
     # The model's training noise schedule (its betas), whatever sampler made the cover.
     noising = lazy_import("diffusers", "DDPMScheduler").from_config(pipe.scheduler.config)
@@ -165,21 +169,23 @@ def reverse_frames(pipe, saved: dict) -> list[tuple[str, Image.Image]]:
 
 
 @task(name="trace-diffusion")
-def trace_diffusion(cover: StepResult, profile: str, workspace: Workspace, seed: int = 0) -> Trace:
-    """Filmstrips of the forward (noising) and reverse (denoising) process, and the noise schedule."""
+def trace_diffusion(cover: Generated, workspace: Workspace) -> Trace:
+    """Filmstrips of the forward (noising) and reverse (denoising) process, and the noise schedule,
+    from a generated cover and the latents its engine kept (`cover.files["reverse_trace"]`)."""
     import torch
 
-    from tasks.image import REVERSE_TRACE_NAME
-    from tasks.models import lazy_import, load_pipeline, runtime
+    from tasks.lazy import lazy_import
+    from tasks.models import load_pipeline, runtime
 
-    step = workspace.step("trace", {"cover": cover.key, "profile": profile, "seed": seed}, sys.modules[__name__])
+    run, seed = cover.engine, cover.engine.seed
+    step = workspace.step("trace", {"cover": cover.key}, sys.modules[__name__])
     with tracked("trace") as stage:
         if done := step.load(Trace):
             stage.detail = "reused"
             return done
-        loaded = load_pipeline("image", profile)
+        loaded = load_pipeline(run.name, run.profile, run.model if run.profile == "full" else None)
         pipe, device = loaded.pipe, runtime().device
-        saved = torch.load(Path(cover.path).parent / REVERSE_TRACE_NAME)
+        saved = torch.load(cover.files["reverse_trace"])
         schedule = lazy_import("diffusers", "DDPMScheduler").from_config(pipe.scheduler.config).alphas_cumprod
         # role -> (file, device it runs on, drawing): the filmstrips run the VAE, the plot is CPU only.
         pictures = {

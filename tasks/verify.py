@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks.files import sha256_file
+from tasks.manifest import MANIFEST_NAME, Asset, Manifest
 from tasks.s3 import StorageError, is_s3_url, parse_s3_url, read_manifest, s3_client, storage_errors
-from tasks.storage import MANIFEST_NAME, sha256_file
 
 
 class AssetCheck(BaseModel):
@@ -29,13 +29,11 @@ class BundleCheck(BaseModel):
         return all(a.status == "ok" for a in self.assets)
 
 
-def _check(asset: dict, found: tuple[str, int] | None) -> AssetCheck:
-    check = AssetCheck(
-        name=asset["name"], status="missing", expected_sha256=asset["sha256"], expected_bytes=asset["bytes"]
-    )
+def _check(asset: Asset, found: tuple[str, int] | None) -> AssetCheck:
+    check = AssetCheck(name=asset.name, status="missing", expected_sha256=asset.sha256, expected_bytes=asset.bytes)
     if found is not None:
         check.found_sha256, check.found_bytes = found
-        matches = found == (asset["sha256"], asset["bytes"])
+        matches = found == (asset.sha256, asset.bytes)
         check.status = "ok" if matches else "mismatch"
     return check
 
@@ -62,16 +60,16 @@ def verify_bundle(target: str) -> BundleCheck:
                         return None
                     raise
 
-            checks = [_check(a, found(a["name"])) for a in manifest["assets"]]
+            checks = [_check(a, found(a.name)) for a in manifest.assets]
     else:
         folder = Path(target)
         if not (folder / MANIFEST_NAME).is_file():
             raise StorageError(f"storage: no {MANIFEST_NAME} in {folder}: not a complete bundle")
-        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest = Manifest.read(folder / MANIFEST_NAME)
 
         def found(name: str):
             path = folder / name
             return (sha256_file(path), path.stat().st_size) if path.is_file() else None
 
-        checks = [_check(a, found(a["name"])) for a in manifest["assets"]]
+        checks = [_check(a, found(a.name)) for a in manifest.assets]
     return BundleCheck(target=str(target), assets=checks)

@@ -1,80 +1,27 @@
-"""Video: the car clip (Zeroscope v2 576w or its tiny twin), its encoding, the sound mux, the poster.
+"""Video finishing: the sound muxed onto the generated clip, and its poster frame.
 
-Frames are encoded once to H.264 yuv420p with faststart (`car.mp4`, silent). The normalised
-engine sound is then muxed on as AAC with the video stream copied (`car_with_sound.mp4`):
+The generated clip (`car.mp4`, silent H.264, see tasks/h264.py) gets the normalised sound
+muxed on as AAC with the video stream copied (`car_with_sound.mp4`):
 the sound is fitted to the video's length, trimmed with a short fade-out when longer, looped
 when shorter, so both streams end together without a click.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 
-from tasks.disclosure import Disclosure, ffmpeg_metadata, png_info
-from tasks.generation import Generated, Job, disclosure_for, generation_step, run_generation
+from tasks import disclosure
+from tasks.disclosure import ffmpeg_metadata, png_info
+from tasks.files import atomic_path
 from tasks.media import MediaError, probe, run_ffmpeg
 from tasks.progress import tracked
-from tasks.storage import atomic_path
 from tasks.workspace import StepResult, Workspace
 
-VIDEO_NAME = "car.mp4"
 MUXED_NAME = "car_with_sound.mp4"
 POSTER_NAME = "poster.png"
 FADE_OUT_S = 0.1  # long enough to avoid a click, short enough not to be heard as a fade
-
-
-def encode_h264(frames: np.ndarray, fps: int, path: Path, disclosure: Disclosure | None = None) -> None:
-    """Encode RGB frames (F, H, W, 3; floats in 0..1 or uint8) as H.264 yuv420p MP4 with faststart."""
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    _, height, width, _ = frames.shape
-    source = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
-    h264 = ["-c:v", "libx264", "-preset", "medium", "-crf", "17", "-pix_fmt", "yuv420p"]
-    with atomic_path(path) as tmp:
-        run_ffmpeg(
-            [*source, *h264, *_metadata(disclosure), "-movflags", "+faststart", "-an", "-f", "mp4", str(tmp)],
-            input=np.ascontiguousarray(frames).tobytes(),
-        )
-
-
-def _metadata(disclosure: Disclosure | None) -> list[str]:
-    return ffmpeg_metadata(disclosure) if disclosure is not None else []
-
-
-@task(name="diffuse-video", tags=["gpu"])  # not "generate-video": that is the flow
-def generate_video(job: Job, workspace: Workspace) -> Generated:
-    """Generate the clip and encode it as a silent H.264 MP4 in the work area (or find it there)."""
-    step = generation_step(job, workspace, "video", __name__)
-    with tracked("video") as stage:
-        if done := step.load(Generated):
-            stage.detail = "reused"
-            return done
-
-        def call(pipe, generator, on_step):
-            return pipe(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                width=job.width,
-                height=job.height,
-                num_frames=job.frames,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance,
-                generator=generator,
-                output_type="np",
-                callback=lambda i, t, latents: on_step(i),
-                callback_steps=1,
-            ).frames[0]
-
-        frames, engine, load_s, gen_s = run_generation(job, call)
-        disclosure = disclosure_for(job, engine, "Car video")
-        path = step.file(VIDEO_NAME)
-        encode_h264(np.asarray(frames), job.fps, path, disclosure)
-    made = Generated(path=str(path), engine=engine, load_seconds=load_s, generate_seconds=gen_s, disclosure=disclosure)
-    return step.save(made)
 
 
 class Muxed(StepResult):
@@ -94,7 +41,8 @@ def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Worksp
     """Put the engine sound on the clip as AAC, fitted to the clip's length, video stream copied."""
     import soundfile as sf
 
-    step = workspace.step("mux", {"video": video.key, "sound": sound.key}, sys.modules[__name__])
+    inputs = {"video": video.key, "sound": sound.key}
+    step = workspace.step("mux", inputs, mux_sound_onto_video.fn, video_duration, disclosure)
     with tracked("mux") as stage:
         if done := step.load(Muxed):
             stage.detail = "reused"
@@ -110,7 +58,14 @@ def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Worksp
             run_ffmpeg(
                 ["-i", video.path, *loop, "-i", sound.path, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
                 + ["-af", fitted, "-c:a", "aac", "-b:a", "192k", "-ar", "48000", "-t", f"{duration:.6f}"]
-                + [*_metadata(video.disclosure), "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+                + [
+                    *(ffmpeg_metadata(video.disclosure) if video.disclosure else []),
+                    "-movflags",
+                    "+faststart",
+                    "-f",
+                    "mp4",
+                    str(tmp),
+                ]
             )
     return step.save(Muxed(path=str(out), audio_fit=fit, seconds=stage.seconds, disclosure=video.disclosure))
 
@@ -122,7 +77,7 @@ class Poster(StepResult):
 @task(name="make-poster")
 def make_poster(video: StepResult, workspace: Workspace) -> Poster:
     """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
-    step = workspace.step("poster", {"video": video.key}, sys.modules[__name__])
+    step = workspace.step("poster", {"video": video.key}, make_poster.fn, disclosure)
     with tracked("poster") as stage:
         if done := step.load(Poster):
             stage.detail = "reused"

@@ -23,14 +23,13 @@ import json
 import time
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
 from typing import TypeVar
 
 from pydantic import BaseModel
 
 from tasks.disclosure import Disclosure
+from tasks.files import atomic_path
 from tasks.logs import run_logger
-from tasks.storage import atomic_path, out_root
 
 RESULT_NAME = "result.json"
 WORK_DIR = ".work"
@@ -45,18 +44,19 @@ class StepResult(BaseModel):
     key: str = ""
     reused: bool = False  # True when found finished in the work area instead of made now
     disclosure: Disclosure | None = None  # embedded in the file; handed on to files derived from it
+    files: dict[str, str] = {}  # other files the step made beside `path`, by name (e.g. the reverse-trace latents)
 
 
 R = TypeVar("R", bound=StepResult)
 
 
 @lru_cache(maxsize=64)
-def _source_hash(module: ModuleType) -> str:
-    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()
+def _source_hash(code) -> str:
+    return hashlib.sha256(inspect.getsource(code).encode()).hexdigest()
 
 
-def step_key(kind: str, inputs: dict, code: tuple[ModuleType, ...]) -> str:
-    """Hash of the step kind, its inputs and the source of the modules that do it."""
+def step_key(kind: str, inputs: dict, code: tuple) -> str:
+    """Hash of the step kind, its inputs and the source of the code (modules, functions) that makes its output."""
     sources = [_source_hash(m) for m in code]
     canonical = json.dumps({"kind": kind, "inputs": inputs, "code": sources}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
@@ -72,12 +72,13 @@ class Workspace(BaseModel):
     @classmethod
     def for_storage(cls, out: str | None, storage: str | None) -> Workspace:
         from tasks.s3 import is_s3_url
+        from tasks.storage import out_root
 
         remote = f"{storage.rstrip('/')}/{WORK_DIR}" if is_s3_url(storage) else None
         return cls(root=str((out_root(out, storage) / WORK_DIR).resolve()), remote=remote)
 
-    def step(self, kind: str, inputs: dict, *code: ModuleType) -> Step:
-        """The folder of one step; `code` are the modules whose source shapes its output."""
+    def step(self, kind: str, inputs: dict, *code) -> Step:
+        """The folder of one step; `code` are the modules and functions whose source shapes its output."""
         return Step(self, kind, step_key(kind, inputs, code))
 
 
@@ -100,10 +101,12 @@ class Step:
         if not local.is_file():
             return None
         result = model.model_validate_json(local.read_text(encoding="utf-8"))
-        path = self.folder / Path(result.path).name  # re-rooted: the folder may come from another machine
-        if not path.is_file():
+        # Re-rooted: the folder may come from another machine.
+        path = self.folder / Path(result.path).name
+        files = {name: str(self.folder / Path(p).name) for name, p in result.files.items()}
+        if not all(Path(p).is_file() for p in [path, *files.values()]):
             return None
-        return result.model_copy(update={"path": str(path), "reused": True})
+        return result.model_copy(update={"path": str(path), "files": files, "reused": True})
 
     def save(self, result: R) -> R:
         """Record a finished step (result file last) and mirror it when there is a remote."""

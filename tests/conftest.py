@@ -27,7 +27,10 @@ def prefect_api():
     from prefect.testing.utilities import prefect_test_harness
 
     # Heartbeats cost up to 1 s per flow run (see flows/local_prefect.py); Prefect's own tests turn them off too.
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
@@ -40,6 +43,18 @@ def tiny_bundle(prefect_api, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles")
     brief = parse_brief({"title": "The Forest of Glowing Things", "author": "A. N. Author", "tagline": "Light waits"})
     return Path(asset_bundle(brief, out=str(out)))
+
+
+def minimal_manifest(bundle_id: str, brief: dict, assets: list):
+    """A manifest with only what storage reads (id, brief, assets): for store and upload tests."""
+    from tasks.manifest import Manifest
+
+    empty = dict.fromkeys(
+        ["prompts", "engines", "post_processing", "steps", "compute", "timings_seconds", "versions"], {}
+    )
+    return Manifest(
+        bundle_id=bundle_id, created="2026-12-02T00:00:00+00:00", disclosure="AI", brief=brief, assets=assets, **empty
+    )
 
 
 @pytest.fixture

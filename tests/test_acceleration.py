@@ -7,14 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.acceleration import GIB, HEADROOM, choose_memory_policy
+from tasks.acceleration import GIB, choose_memory_policy
+from tasks.engines import ROLES, default_engine
 
 # Zeroscope v2 576w in float16: UNet3D 1.41 G parameters, all three models 1.84 G (benchmarks/configs).
 VIDEO_TOTAL, VIDEO_UNET = 2 * 1_835_275_563, 2 * 1_411_233_860
 
 
 def test_memory_policy_follows_the_free_gpu_memory():
-    headroom = HEADROOM["video"]
+    headroom = int(default_engine("video").vram_headroom_gib * GIB)
     assert choose_memory_policy(VIDEO_TOTAL, VIDEO_UNET, headroom, free=78 * GIB) == "gpu"  # an H100
     assert choose_memory_policy(VIDEO_TOTAL, VIDEO_UNET, headroom, free=7 * GIB) == "model_offload"
     assert choose_memory_policy(VIDEO_TOTAL, VIDEO_UNET, headroom, free=5 * GIB) == "sequential_offload"
@@ -24,9 +25,10 @@ def test_tiny_pipelines_use_pytorch_sdpa_attention_and_stay_whole_on_the_cpu():
     from tasks.acceleration import attention_processors
     from tasks.models import load_pipeline
 
-    for modality in ("image", "sound", "video"):
-        loaded = load_pipeline(modality, "tiny")
-        assert attention_processors(loaded.pipe) == {"AttnProcessor2_0"}, modality
+    for role in ROLES:
+        engine = default_engine(role)
+        loaded = load_pipeline(engine.name, "tiny")
+        assert attention_processors(getattr(loaded.pipe, engine.denoiser)) == {"AttnProcessor2_0"}, engine.name
         assert loaded.memory == "cpu"
 
 

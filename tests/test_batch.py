@@ -53,6 +53,6 @@ def test_a_dispatched_batch_reports_generations_that_cannot_start(prefect_api, t
     state = asset_bundle_batch(str(briefs), out=str(tmp_path / "out"), dispatch=True, return_state=True)
     assert state.is_failed() and "0 of 2 bundles made" in state.message
     no_pool, too_long = state.result(raise_on_failure=False)
-    assert no_pool["status"] == "failed" and "no deployment generate-" in no_pool["detail"]
+    assert no_pool["status"] == "failed" and "no deployment generate/" in no_pool["detail"]
     assert "genbundle deploy" in no_pool["detail"]
     assert too_long["status"] == "failed" and "title: does not fit" in too_long["detail"]

@@ -25,7 +25,7 @@ def test_plain_bundle_makes_the_same_bundle_as_the_flow(tiny_bundle, tmp_path):
 # Parameter counts of the published models (SD 1.5's are the well-known 859.52M / 83.65M / 123.06M;
 # the others match their published fp32/fp16 weight files, see benchmarks/configs/SOURCES.md).
 PUBLISHED_PARAMETERS = {
-    "image": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
+    "cover": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
     "sound": {"unet": 185_036_552, "vae": 55_376_873, "text_encoder": 125_302_016, "vocoder": 55_264_897},
     "video": {"unet": 1_411_233_860, "vae": 83_653_863, "text_encoder": 340_387_840},
 }
@@ -45,13 +45,15 @@ def test_the_gpu_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
     import subprocess
     import sys
 
+    from tasks.engines import ROLES
+
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_models", "--arch", "tiny", "--repeat", "1", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(next(tmp_path.glob("gpu-tiny-*.json")).read_text())
-    assert set(figures["modalities"]) == {"image", "sound", "video"}
-    assert all(r["seconds"] > 0 and r["steps_per_s"] > 0 for r in figures["modalities"].values())
+    assert set(figures["roles"]) == set(ROLES)
+    assert all(r["seconds"] > 0 and r["steps_per_s"] > 0 for r in figures["roles"].values())
     assert figures["bundle"]["concurrent_s"] > 0 and figures["baseline"]["total_s"] > 0
-    assert "| image | 128x192 |" in result.stdout
+    assert "| cover | 128x192 |" in result.stdout

@@ -20,7 +20,8 @@ def test_defaults_are_the_seed_prompts():
         DEFAULT_SOUND_PROMPT,
         DEFAULT_VIDEO_PROMPT,
     )
-    assert brief.sound.duration == 5.0 and brief.models == "tiny" and brief.seed == 0
+    assert brief.sound.duration is None and brief.models == "tiny" and brief.seed == 0  # the engine's default
+    assert [brief.engine_for(role).default for role in ("cover", "sound", "video")] == [True, True, True]
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,13 @@ def test_defaults_are_the_seed_prompts():
             "sound.duration: Input should be less than or equal to 30",
         ),
         ({"title": "T", "author": "A", "cover": {"scheduler": "heun"}}, "cover.scheduler: Input should be"),
+        ({"title": "T", "author": "A", "cover": {"engine": "dalle"}}, "cover.engine: unknown engine 'dalle'; registered:"),
+        (
+            {"title": "T", "author": "A", "cover": {"engine": "audioldm"}},
+            "cover.engine: audioldm makes the sound, not the cover; choose sd15",
+        ),
+        ({"title": "T", "author": "A", "video": {"frames": 500}}, "video.frames: Input should be less than or equal"),
+        ({"title": "T", "author": "A", "cover": {"guidance": "nan"}}, "cover.guidance: Input should be a finite number"),
         ({"title": "   ", "author": "A"}, "title: must not be blank"),
         (
             {"title": "T", "author": "A", "cover": {"font": "/no/such/font.ttf"}},
@@ -65,11 +73,17 @@ def test_a_file_that_is_not_a_font_is_refused(tmp_path):
     )
 
 
-def test_fingerprint_is_stable_and_covers_seed_and_profile():
+def test_bundle_id_comes_from_the_resolved_jobs_and_the_runtime():
+    from tasks.jobs import bundle_id
+
     a = parse_brief({"title": "T", "author": "A"})
-    assert a.fingerprint() == parse_brief({"author": "A", "title": "T"}).fingerprint()
-    assert a.fingerprint() != parse_brief({"title": "T", "author": "A", "seed": 1}).fingerprint()
-    assert a.fingerprint() != parse_brief({"title": "T", "author": "A", "models": "full"}).fingerprint()
+    assert bundle_id(a, "cpu/float32") == bundle_id(parse_brief({"author": "A", "title": "T"}), "cpu/float32")
+    assert bundle_id(a, "cpu/float32") != bundle_id(a, "cuda/float16")
+    for other in ({"seed": 1}, {"models": "full"}, {"cover": {"engine": "sd15", "steps": 5}}):
+        assert bundle_id(a, "cpu/float32") != bundle_id(parse_brief({"title": "T", "author": "A", **other}), "cpu/float32")
+    # Naming the default engine, or its default settings, is the same request: the same bundle.
+    explicit = parse_brief({"title": "T", "author": "A", "cover": {"engine": "sd15", "steps": 4}})
+    assert bundle_id(explicit, "cpu/float32") == bundle_id(a, "cpu/float32")
 
 
 def test_brief_from_yaml_and_json(tmp_path):

@@ -25,11 +25,12 @@ def test_a_caption_sharing_no_word_with_the_prompt_is_flagged_in_the_bundle(pref
     from flows.bundle import asset_bundle
     from tasks.artifacts import summary_markdown
     from tasks.brief import parse_brief
+    from tasks.manifest import Manifest
 
     brief = {"title": "Zebra", "author": "Q", "cover": {"prompt": "zebra quokka xylophone"}, "trace": False}
     location = asset_bundle(parse_brief(brief), out=str(tmp_path))
-    manifest = json.loads((Path(location) / "bundle.json").read_text())
-    caption = manifest["post_processing"]["cover_caption"]
+    manifest = Manifest.read(Path(location) / "bundle.json")
+    caption = manifest.post_processing["cover_caption"]
     assert caption["text"] and caption["shared_words"] == [] and caption["flagged"] is True
     assert "**flagged: it shares no content word with the prompt**" in summary_markdown(manifest, location)
 
@@ -68,5 +69,5 @@ def test_faithfulness_note(caption, shared, flagged):
 
 
 def test_the_full_captioner_is_required_like_the_other_models():
-    with pytest.raises(ModelNotAvailable, match="caption model 'Salesforce/blip-image-captioning-base'"):
+    with pytest.raises(ModelNotAvailable, match="caption weights 'Salesforce/blip-image-captioning-base'"):
         model_source("caption", "full")

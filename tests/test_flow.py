@@ -8,8 +8,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tasks.manifest import DISCLOSURE, TINY_NOTE
-from tasks.storage import sha256_file
+from tasks.engines import ROLES, default_engine
+from tasks.files import sha256_file
+from tasks.manifest import DISCLOSURE, TINY_NOTE, Manifest
 
 EXPECTED = {
     "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav", "car.mp4", "car_with_sound.mp4",
@@ -40,15 +41,13 @@ def test_manifest_records_how_it_was_made(tiny_bundle):
     assert m["disclosure"] == DISCLOSURE and "AI-generated" in m["disclosure"]
     assert m["placeholder"] == TINY_NOTE
     assert m["brief"]["title"] == "The Forest of Glowing Things"
-    for modality, cls in [
-        ("image", "StableDiffusionPipeline"),
-        ("sound", "AudioLDMPipeline"),
-        ("video", "TextToVideoSDPipeline"),
-    ]:
-        engine = m["engines"][modality]
-        assert engine["pipeline_class"] == cls
+    assert list(m["engines"]) == list(m["prompts"]) == list(ROLES)
+    for role in ROLES:
+        expected, engine = default_engine(role), m["engines"][role]
+        assert (engine["name"], engine["pipeline_class"]) == (expected.name, expected.pipeline_class)
+        assert (engine["licence"], engine["commercial_use"]) == (expected.licence.name, expected.licence.commercial)
         assert {"model", "profile", "scheduler", "steps", "guidance", "seed", "dtype", "device"} <= engine.keys()
-        assert m["prompts"][modality]["original"] and m["prompts"][modality]["prompt"]
+        assert m["prompts"][role]["original"] and m["prompts"][role]["prompt"]
     assert set(m["versions"]) >= {"python", "torch", "diffusers", "transformers", "prefect"}
     for stage in ("prompts", "cover", "sound", "video", "title", "normalise", "mux"):
         assert m["timings_seconds"][stage] >= 0
@@ -59,6 +58,18 @@ def test_manifest_records_how_it_was_made(tiny_bundle):
     assert assets["engine.wav"]["true_peak_dbtp"] <= -1.0
     assert assets["car_with_sound.mp4"]["fps"] == 8.0
     assert "fade-out" in m["post_processing"]["mux"]["audio_fit"]
+
+
+def test_every_asset_records_the_licences_of_the_engines_it_holds(tiny_bundle):
+    manifest = Manifest.read(tiny_bundle / "bundle.json")  # the typed model reads what the flow wrote
+    licences = {a.name: {lic.engine for lic in a.licences} for a in manifest.assets}
+    cover, sound, video = (default_engine(role).name for role in ROLES)
+    assert licences["cover_titled.png"] == licences["trace_forward.png"] == {cover}
+    assert licences["engine.wav"] == {sound} and licences["poster.png"] == {video}
+    assert licences["car_with_sound.mp4"] == {video, sound}
+    commercial = {role: default_engine(role).licence.commercial for role in ROLES}
+    assert manifest.commercial_use == all(commercial.values())
+    assert {a.name: a.commercial_use for a in manifest.assets}["cover.png"] == commercial["cover"]
 
 
 def test_the_titled_cover_differs_from_the_untitled_one(tiny_bundle):
@@ -104,14 +115,15 @@ def test_the_summary_artifact_is_published(tiny_bundle):
     assert artifacts and all(a.type == "markdown" for a in artifacts)
     (markdown,) = [a.data for a in artifacts if str(tiny_bundle) in a.data][:1]
     assert "car_with_sound.mp4" in markdown and "Placeholder outputs" in markdown
+    assert "Licences: " in markdown and default_engine("video").licence.name in markdown
     assert f"`{tiny_bundle / 'trace_reverse.png'}`" in markdown  # local only: where the trace pictures are
 
 
 def _summary(tiny_bundle, upload=None, **caption):
     from tasks.artifacts import summary_markdown
 
-    manifest = _manifest(tiny_bundle)
-    manifest["post_processing"]["cover_caption"] |= caption
+    manifest = Manifest.read(tiny_bundle / "bundle.json")
+    manifest.post_processing["cover_caption"] |= caption
     return summary_markdown(manifest, str(tiny_bundle), upload)
 
 
@@ -208,7 +220,7 @@ def test_generations_report_progress_artifacts(tiny_bundle):
 
     progress = anyio.run(read)
     described = {a.description.split(":")[0] for a in progress if a.data == 100.0}
-    assert described >= {"image", "sound", "video"}  # each generation reached 100 %
+    assert described >= set(ROLES)  # each generation reached 100 %
 
 
 def test_compute_and_energy_for_every_asset_and_model_step(tiny_bundle):
@@ -224,7 +236,7 @@ def test_compute_and_energy_for_every_asset_and_model_step(tiny_bundle):
         assert e["source"] == "typical cpu power (estimate)"  # no NVML on a CPU; no GENBUNDLE_DEVICE_WATTS set
     # Model steps say the device they ran on; post-processing is CPU work wherever the models run.
     device = runtime().device
-    assert m["engines"]["image"]["device"] == device
+    assert m["engines"]["cover"]["device"] == device
     for name in ("cover", "sound_raw", "video", "trace_forward", "trace_reverse", "cover_caption", "safety"):
         assert entries[name]["device"] == device, name
     for name in ("cover_titled", "sound", "video_with_sound", "poster", "noise_schedule"):

@@ -1,16 +1,18 @@
-"""The generation flows the GPU pools run: per-job outcomes, readable run names, and a cover
-flow that leaves the bundle flow no image-model work."""
+"""The generation flow the GPU pools run: per-job outcomes, readable run names, and cover jobs
+that leave the bundle flow no image-model work."""
 
-import json
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
 
 from flows.bundle import asset_bundle
-from flows.generate import CoverFinish, generate_covers
+from flows.generate import generate_jobs
 from tasks import generation
 from tasks.brief import parse_brief
-from tasks.generation import Generated, resolve_job
+from tasks.cover_finishing import CoverFinish
+from tasks.generation import Generated
+from tasks.jobs import resolve_job
+from tasks.manifest import Manifest
 from tasks.prompts import expand_prompts
 from tasks.workspace import Step, Workspace
 
@@ -20,12 +22,12 @@ BRIEF = {"title": "Made Elsewhere", "author": "W. Orker", "seed": 7}
 def test_a_bad_job_fails_alone_and_the_bundle_reuses_the_cover_steps(prefect_api, tmp_path):
     brief = parse_brief(BRIEF)
     workspace = Workspace.for_storage(str(tmp_path), None)
-    good = resolve_job(brief, expand_prompts.fn(brief), "image")
+    good = resolve_job(brief, "cover", expand_prompts.fn(brief)["cover"])
     bad = good.model_copy(update={"scheduler": "no-such-scheduler"})  # the pipeline call raises for real
-    finish = [CoverFinish.for_brief(brief)] * 2
+    finish = [CoverFinish.for_brief(brief, with_title=False)] * 2
 
-    state = generate_covers([bad, good], workspace, finish, return_state=True)
-    assert state.is_failed() and state.message == "1 of 2 cover jobs failed"
+    state = generate_jobs([bad, good], workspace, finish, return_state=True)
+    assert state.is_failed() and state.message == "1 of 2 generation jobs failed"
     failed, made = state.result(raise_on_failure=False)
     assert failed.key is None and "unknown scheduler 'no-such-scheduler'" in failed.error
     assert made.error is None and Step(workspace, "cover", made.key).load(Generated) is not None
@@ -40,7 +42,22 @@ def test_a_bad_job_fails_alone_and_the_bundle_reuses_the_cover_steps(prefect_api
     location = Path(asset_bundle(brief, out=str(tmp_path)))
     assert dict(generation.pipeline_calls - before) == {"sound": 1, "video": 1}  # no cover made again
     assert {kind: path.stat().st_mtime_ns for kind, path in steps.items()} == written
-    record = json.loads((location / "bundle.json").read_text())["steps"]
+    record = Manifest.read(location / "bundle.json").steps
     assert {role: record[role] for role in ("cover", "trace_forward", "trace_reverse", "noise_schedule")} == {
         "cover": "reused", "trace_forward": "reused", "trace_reverse": "reused", "noise_schedule": "reused",
     }  # fmt: skip
+
+
+def test_every_roles_pool_has_a_deployment_of_the_one_generation_flow():
+    import yaml
+
+    from flows.generate import deployment_name
+    from tasks.engines import ROLES
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
+    generation = {d["name"]: d for d in spec["deployments"] if d["entrypoint"].startswith("flows/generate.py")}
+    assert set(generation) == {role.pool for role in ROLES.values()}
+    for role in ROLES:
+        deployment = generation[deployment_name(role).split("/")[1]]
+        assert deployment["entrypoint"] == "flows/generate.py:generate_jobs"
+        assert deployment["work_pool"]["name"] == ROLES[role].pool

@@ -1,23 +1,23 @@
-"""The three generators on the tiny pipelines: sizes, lengths, determinism."""
+"""The one generation task, with each seed engine's tiny pipeline: sizes, lengths, determinism."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
 
-from tasks.audio import generate_sound
 from tasks.brief import parse_brief
-from tasks.generation import resolve_job
-from tasks.image import generate_cover
+from tasks.generation import generate
+from tasks.jobs import resolve_job
 from tasks.media import probe
 from tasks.prompts import expand_prompts
-from tasks.video import generate_video
 from tasks.workspace import Workspace
 
+generate_cover = generate_sound = generate_video = generate  # one task for every role
 
-def _job(modality, **brief):
+
+def _job(role, **brief):
     b = parse_brief({"title": "T", "author": "A", **brief})
-    return resolve_job(b, expand_prompts.fn(b), modality)
+    return resolve_job(b, role, expand_prompts.fn(b)[role])
 
 
 def _pixels(path):
@@ -25,25 +25,26 @@ def _pixels(path):
 
 
 def test_cover(workspace):
-    job = _job("image", cover={"width": 64, "height": 96})
+    job = _job("cover", cover={"width": 64, "height": 96})
     result = generate_cover.fn(job, workspace)
     with Image.open(result.path) as im:
         assert im.size == (64, 96) and im.format == "PNG"
-    assert result.engine.pipeline_class == "StableDiffusionPipeline"
+    assert (result.engine.name, result.engine.pipeline_class) == ("sd15", "StableDiffusionPipeline")
+    assert result.files["reverse_trace"].endswith(".pt")  # the latents the diffusion trace decodes
     assert (result.engine.steps, result.engine.seed, result.engine.device) == (4, 0, "cpu")
 
 
 def test_cover_is_deterministic_per_seed(tmp_path):
-    a = _pixels(generate_cover.fn(_job("image", seed=7), Workspace(root=str(tmp_path / "a"))).path)
-    b = _pixels(generate_cover.fn(_job("image", seed=7), Workspace(root=str(tmp_path / "b"))).path)
-    c = _pixels(generate_cover.fn(_job("image", seed=8), Workspace(root=str(tmp_path / "c"))).path)
+    a = _pixels(generate_cover.fn(_job("cover", seed=7), Workspace(root=str(tmp_path / "a"))).path)
+    b = _pixels(generate_cover.fn(_job("cover", seed=7), Workspace(root=str(tmp_path / "b"))).path)
+    c = _pixels(generate_cover.fn(_job("cover", seed=8), Workspace(root=str(tmp_path / "c"))).path)
     assert np.abs(a - b).max() <= 1.0  # same seed: same image, up to a rounding step
     assert np.abs(a - c).mean() > 5.0  # another seed: another image
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "lms", "euler", "pndm"])
 def test_cover_under_each_scheduler(workspace, scheduler):
-    result = generate_cover.fn(_job("image", cover={"scheduler": scheduler}), workspace)
+    result = generate_cover.fn(_job("cover", cover={"scheduler": scheduler}), workspace)
     assert result.engine.scheduler == scheduler
     assert _pixels(result.path).std() > 1.0
 

@@ -2,8 +2,10 @@ import numpy as np
 from PIL import Image
 
 from tasks.brief import parse_brief
+from tasks.engines import default_engine
 from tasks.grid import scheduler_grid
-from tasks.models import SCHEDULERS
+
+SCHEDULERS = default_engine("cover").schedulers
 
 
 def test_grid_shows_every_scheduler_from_the_same_seed(workspace, tmp_path):

@@ -1,8 +1,12 @@
 import pytest
 
 from tasks import models
-from tasks.models import SCHEDULERS, ModelNotAvailable, load_pipeline, model_source, use_scheduler
+from tasks.engines import ROLES, default_engine
+from tasks.engines.schedulers import SCHEDULERS, use_scheduler
+from tasks.models import ModelNotAvailable, load_pipeline, model_source
 from tasks.settings import get_settings
+
+SD15 = default_engine("cover").name
 
 
 @pytest.fixture
@@ -19,15 +23,13 @@ def settings_env(monkeypatch):
     get_settings.cache_clear()
 
 
-@pytest.mark.parametrize(
-    "modality, cls",
-    [("image", "StableDiffusionPipeline"), ("sound", "AudioLDMPipeline"), ("video", "TextToVideoSDPipeline")],
-)
-def test_tiny_pipelines_are_saved_and_loaded_back_with_from_pretrained(modality, cls):
-    source = model_source(modality, "tiny")
+@pytest.mark.parametrize("role", ROLES)
+def test_tiny_pipelines_are_saved_and_loaded_back_with_from_pretrained(role):
+    engine = default_engine(role)
+    source = model_source(engine.name, "tiny")
     assert (models.Path(source) / "model_index.json").is_file()
-    loaded = load_pipeline(modality, "tiny")
-    assert type(loaded.pipe).__name__ == cls
+    loaded = load_pipeline(engine.name, "tiny")
+    assert type(loaded.pipe).__name__ == engine.pipeline_class
     assert loaded.source == source
     assert all(not m.training for m in loaded.pipe.components.values() if hasattr(m, "training"))
 
@@ -56,12 +58,12 @@ def test_the_tiny_safety_checker_is_saved_and_loaded_back_in_the_sd_folder_layou
 
 
 def test_a_loaded_pipeline_is_reused():
-    assert load_pipeline("image", "tiny") is load_pipeline("image", "tiny")
+    assert load_pipeline(SD15, "tiny") is load_pipeline(SD15, "tiny")
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_schedulers_are_selectable(name):
-    pipe = load_pipeline("image", "tiny").pipe
+    pipe = load_pipeline(SD15, "tiny").pipe
     use_scheduler(pipe, name)
     assert type(pipe.scheduler).__name__ == SCHEDULERS[name][0]
     # The model's noise schedule survives the swap.
@@ -71,29 +73,34 @@ def test_schedulers_are_selectable(name):
 
 def test_unknown_scheduler():
     with pytest.raises(ValueError, match="choose one of"):
-        use_scheduler(load_pipeline("image", "tiny").pipe, "heun")
+        use_scheduler(load_pipeline(SD15, "tiny").pipe, "heun")
 
 
 def test_full_profile_without_weights_says_how_to_fetch_them():
     with pytest.raises(ModelNotAvailable) as err:
-        model_source("image", "full")
+        model_source(SD15, "full")
     message = str(err.value)
-    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
-    assert "genbundle models pull --models full" in message and "GENBUNDLE_IMAGE_MODEL" in message
+    assert default_engine("cover").weights in message
+    assert "genbundle models pull --models full" in message and f"GENBUNDLE_WEIGHTS['{SD15}']" in message
 
 
 def test_full_profile_loads_a_local_folder_through_the_same_path(settings_env):
-    """Any diffusers folder works as a full model: here the tiny one, named by GENBUNDLE_SOUND_MODEL."""
-    settings_env(GENBUNDLE_SOUND_MODEL=model_source("sound", "tiny"))
-    assert model_source("sound", "full") == model_source("sound", "tiny")
-    with pytest.raises(ModelNotAvailable, match="image model"):
-        models.check_models_available("full")
+    """Any diffusers folder works as full weights: here the tiny one, named in GENBUNDLE_WEIGHTS."""
+    import json
+
+    sound = default_engine("sound").name
+    settings_env(GENBUNDLE_WEIGHTS=json.dumps({sound: model_source(sound, "tiny")}))
+    assert model_source(sound, "full") == model_source(sound, "tiny")
+    with pytest.raises(ModelNotAvailable, match=f"cover engine {SD15}"):
+        model_source(SD15, "full")
 
 
 LOAD_IN_THREADS = """
 import threading
 import tasks.caption as caption, tasks.models as models, tasks.safety as safety
-for m in ("image", "sound", "video", "caption", "safety"):
+from tasks.engines import ROLES, default_engine
+engines = [default_engine(role).name for role in ROLES]
+for m in (*engines, "caption", "safety"):
     models.model_source(m, "tiny")
 errors = []
 def run(load):
@@ -101,7 +108,7 @@ def run(load):
         load()
     except Exception as err:
         errors.append(repr(err))
-loads = [lambda m=m: models.load_pipeline(m, "tiny") for m in ("image", "sound", "video")]
+loads = [lambda m=m: models.load_pipeline(m, "tiny") for m in engines]
 loads += [lambda: caption.load_captioner("tiny"), lambda: safety.load_safety_checker("tiny")]
 threads = [threading.Thread(target=run, args=(load,)) for load in loads]
 [t.start() for t in threads]

@@ -52,11 +52,10 @@ def block(monkeypatch):
 
 
 def _jobs(brief):
-    from tasks.generation import resolve_job
+    from tasks.jobs import resolve_jobs
     from tasks.prompts import expand_prompts
 
-    prompts = expand_prompts.fn(brief)
-    return [resolve_job(brief, prompts, m) for m in ("image", "sound", "video")]
+    return list(resolve_jobs(brief, expand_prompts.fn(brief)).values())
 
 
 def _added_by_expansion(brief) -> str:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.engines import ROLES, default_engine
 from tasks.models import ensure_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-POOLS = ("cpu", "gpu-image", "gpu-audio", "gpu-video")
+POOLS = ("cpu", *(role.pool for role in ROLES.values()))
 
 
 def _free_port() -> int:
@@ -54,8 +55,8 @@ def _prefect(env: dict, *args: str, timeout: float = 60) -> subprocess.Completed
     )  # fmt: skip
 
 
-def _generation_runs(env: dict, flow: str = "generate-cover") -> int:
-    return _api(env, "/flow_runs/count", {"flows": {"name": {"any_": [flow]}}})
+def _generation_runs(env: dict) -> int:
+    return _api(env, "/flow_runs/count", {"flows": {"name": {"any_": ["generate"]}}})
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -79,10 +80,11 @@ def stack(tmp_path_factory):
     """
     home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
-    tokenizers_only = {}
-    for modality in ("image", "sound", "video"):
-        tokenizers_only[f"GENBUNDLE_{modality.upper()}_MODEL"] = str(home / "full" / modality)
-        shutil.copytree(ensure_tiny_model(modality) / "tokenizer", home / "full" / modality / "tokenizer")
+    weights = {}
+    for role in ROLES:
+        engine = default_engine(role)
+        weights[engine.name] = str(home / "full" / engine.name)
+        shutil.copytree(ensure_tiny_model(engine.name) / "tokenizer", home / "full" / engine.name / "tokenizer")
     env = os.environ | {
         "PREFECT_HOME": str(home / "home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
@@ -92,7 +94,7 @@ def stack(tmp_path_factory):
         "PREFECT_LOGGING_LEVEL": "INFO",
         "GENBUNDLE_OUT": str(home / "bundles"),
         "PYTHONPATH": str(REPO),
-        **tokenizers_only,
+        "GENBUNDLE_WEIGHTS": json.dumps(weights),
     }
     cpu_models = home / "cpu-models"
     logs = home / "logs"
@@ -150,8 +152,8 @@ def test_deploy_sets_the_gpu_limits(stack):
 def _no_image_models_built(cpu_models: Path) -> None:
     """The cpu worker built the pipelines whose tokenizers expand the prompts, but no captioner or
     safety checker: the image pool did all the image-model work."""
-    built = {p.name for p in cpu_models.glob("tiny-*/*")}
-    assert "caption" not in built and "safety" not in built, built
+    built = {p.name for p in cpu_models.glob("tiny-*")}
+    assert not any(name.startswith(("tiny-caption-", "tiny-safety-")) for name in built), built
 
 
 def test_dispatched_bundle_through_the_gpu_pools(stack):
@@ -164,13 +166,15 @@ def test_dispatched_bundle_through_the_gpu_pools(stack):
     assert run.returncode == 0, run.stdout[-3000:] + "\n" + (logs / "worker-cpu.log").read_text()[-3000:]
     bundle = _bundles(out)["The Glowing Forest"]
     assert len(bundle["assets"]) == 10
-    for pool in ("gpu-image", "gpu-audio", "gpu-video"):  # each generation ran on its own pool's worker
+    for pool in {ROLES[role].pool for role in ROLES}:  # each generation ran on its own pool's worker
         assert "Completed" in (logs / f"worker-{pool}.log").read_text()
     # Made on the pools, found finished by the bundle flow: the cover (safety-checked) and its trace.
     assert {bundle["steps"][role] for role in ("cover", "sound_raw", "video", "trace_forward")} == {"reused"}
     _no_image_models_built(cpu_models)
-    names = [r["name"] for r in _api(env, "/flow_runs/filter", {"flows": {"name": {"any_": ["generate-cover"]}}})]
-    assert names and all(n.startswith("cover-a-mystical-forest-with-ancient-seed0") for n in names), names
+    names = [r["name"] for r in _api(env, "/flow_runs/filter", {"flows": {"name": {"any_": ["generate"]}}})]
+    covers = [n for n in names if n.startswith("cover-")]
+    assert covers and all(n.startswith("cover-a-mystical-forest-with-ancient-seed0") for n in covers), names
+    assert {n.split("-", 1)[0] for n in names} == set(ROLES)  # one flow, named per role
     print(f"\ndispatched bundle: trigger to bundle {seconds:.1f} s")
 
 
@@ -196,10 +200,10 @@ def test_dispatched_batch_reports_the_brief_whose_generations_failed(stack, tmp_
     data = _api(env, "/artifacts/filter", latest)[0]["data"]
     report = json.loads(data) if isinstance(data, str) else data
     assert [r["status"] for r in report] == ["done", "failed", "done"], report
-    assert "generate-cover/gpu-image run 'cover-" in report[1]["detail"]
+    assert f"generate/{ROLES['cover'].pool} run 'cover-" in report[1]["detail"]
     assert "model_index.json" in report[1]["detail"]  # the worker's own words: no pipeline in that folder
-    # One cover run served the whole batch; the bundles found its outputs and started none.
-    assert _generation_runs(env) == covers_before + 1
+    # One run per role served the whole batch; the bundles found its outputs and started none.
+    assert _generation_runs(env) == covers_before + len(ROLES)
     _no_image_models_built(cpu_models)
 
 

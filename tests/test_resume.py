@@ -13,6 +13,7 @@ import pytest
 from flows.bundle import asset_bundle
 from tasks import generation, video
 from tasks.brief import parse_brief
+from tasks.engines import ROLES
 
 BRIEF = {"title": "Resume Me", "author": "R. Tester", "seed": 21}
 
@@ -37,7 +38,7 @@ def test_a_failed_run_resumes_without_regenerating(prefect_api, tmp_path, monkey
     before = generation.pipeline_calls.copy()
     with pytest.raises(RuntimeError, match="the mux died"):
         asset_bundle(parse_brief(BRIEF), out=str(tmp_path))
-    assert dict(generation.pipeline_calls - before) == {"image": 1, "sound": 1, "video": 1}
+    assert dict(generation.pipeline_calls - before) == dict.fromkeys(ROLES, 1)
     assert not (tmp_path / "resume-me").exists() and not list(tmp_path.glob("resume-me-*"))  # nothing stored
 
     monkeypatch.setattr(video, "run_ffmpeg", real_ffmpeg)
@@ -60,7 +61,7 @@ def test_a_change_redoes_only_what_depends_on_it(prefect_api, tmp_path):
     assert calls == {} and [r for r, s in steps.items() if s == "made"] == ["cover_titled"]
 
     steps, calls = _run(tmp_path, seed=22)
-    assert calls == {"image": 1, "sound": 1, "video": 1} and set(steps.values()) == {"made"}
+    assert calls == dict.fromkeys(ROLES, 1) and set(steps.values()) == {"made"}
 
 
 def test_a_killed_run_resumes_without_regenerating(prefect_api, tmp_path):

@@ -13,10 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, minimal_manifest
 from loopback_s3 import RESET, FaultyProxy
 
-from tasks.manifest import describe_asset
+from tasks.catalogue import describe_asset
 from tasks.s3 import S3Location, StorageError, check_bucket, list_bundles, parse_s3_url, upload_bundle_dir
 from tasks.settings import get_settings
 from tasks.verify import verify_bundle
@@ -240,12 +240,8 @@ def test_bad_credentials(tmp_path, monkeypatch):
 def _synthetic_bundle(folder: Path, size: int) -> Path:
     folder.mkdir()
     (folder / "big.bin").write_bytes(os.urandom(size))
-    manifest = {
-        "bundle_id": "synthetic",
-        "brief": {"title": "Big"},
-        "assets": [describe_asset(folder / "big.bin", "data")],
-    }
-    (folder / "bundle.json").write_text(json.dumps(manifest))
+    manifest = minimal_manifest("synthetic", {"title": "Big"}, [describe_asset(folder / "big.bin", "data")])
+    (folder / "bundle.json").write_text(manifest.to_json())
     return folder
 
 
@@ -291,7 +287,7 @@ def test_presigned_links_work_and_hold_no_secret(s3, bundle, monkeypatch):
     assert TEST_ACCESS_KEY in link  # inherent to presigning: the key ID, never the secret
     assert TEST_SECRET_KEY not in json.dumps(report.model_dump())
     with urllib.request.urlopen(link) as resp:
-        assert hashlib.sha256(resp.read()).hexdigest() == describe_asset(bundle / "cover.png", "cover")["sha256"]
+        assert hashlib.sha256(resp.read()).hexdigest() == describe_asset(bundle / "cover.png", "cover").sha256
 
 
 def test_ls_lists_bundles_with_titles(s3, bundle):
@@ -386,9 +382,9 @@ def test_work_mirror_failures_warn_once_and_the_steps_go_on_locally(s3, proxy, t
 
 
 def test_a_store_down_after_preflight_leaves_the_bundle_complete_locally(prefect_api, s3, proxy, tmp_path, monkeypatch):
-    from flows.bundle import asset_bundle
+    from flows.bundle import asset_bundle, runtime_label
     from tasks.brief import parse_brief
-    from tasks.storage import bundle_id
+    from tasks.jobs import bundle_id
 
     _, _, bucket = s3
     _setting(monkeypatch, s3_max_attempts=2)
@@ -397,7 +393,7 @@ def test_a_store_down_after_preflight_leaves_the_bundle_complete_locally(prefect
     brief = parse_brief({"title": "Roads Under Rain", "author": "B. Writer"})
     with pytest.raises(StorageError) as err:
         asset_bundle(brief, out=str(tmp_path), storage=f"s3://{bucket}/p")
-    local = tmp_path / bundle_id(brief)
+    local = tmp_path / bundle_id(brief, runtime_label(False))
     assert "\n" not in str(err.value) and f"the bundle is intact at {local}" in str(err.value)
     assert verify_bundle(str(local)).ok
     assert any(".work" in path for _, path, _ in proxy.failed)  # the mirror was tried during generation

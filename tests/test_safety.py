@@ -17,7 +17,7 @@ def test_the_verdict_and_its_compute_are_in_the_manifest(tiny_bundle):
     safety = manifest["post_processing"]["safety"]
     assert safety == {"checker": "StableDiffusionSafetyChecker", "flagged": False, "action": "blur", "applied": "none"}
     compute = manifest["compute"]["per_step"]["safety"]
-    assert compute["seconds"] > 0 and compute["device"] == manifest["engines"]["image"]["device"]
+    assert compute["seconds"] > 0 and compute["device"] == manifest["engines"]["cover"]["device"]
 
 
 @pytest.fixture

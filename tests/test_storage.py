@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import minimal_manifest
 
-from tasks.manifest import describe_asset
+from tasks.catalogue import describe_asset
+from tasks.manifest import Manifest
 from tasks.s3 import StorageError
 from tasks.settings import get_settings
 from tasks.storage import out_root, storage_target, store_bundle
@@ -80,12 +82,12 @@ def test_a_local_storage_folder_means_the_same_as_out(env, tmp_path):
         out_root()
 
 
-def _bundle(work: Path, files: dict[str, bytes], brief: dict) -> tuple[dict, dict[str, str]]:
+def _bundle(work: Path, files: dict[str, bytes], brief: dict) -> tuple[Manifest, dict[str, str]]:
     work.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (work / name).write_bytes(data)
     assets = [describe_asset(work / name, "data") for name in files]
-    return {"bundle_id": "b-1", "brief": brief, "assets": assets}, {n: str(work / n) for n in files}
+    return minimal_manifest("b-1", brief, assets), {n: str(work / n) for n in files}
 
 
 def test_a_replaced_bundle_drops_its_old_manifest_first_and_its_old_assets_last(tmp_path):

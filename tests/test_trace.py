@@ -53,20 +53,18 @@ def test_the_last_reverse_frame_is_the_cover(tiny_bundle):
 
 def test_pndm_reverse_trace_keeps_the_final_step_labelled_by_the_schedulers_timesteps(workspace):
     """PNDM runs one more iteration than the steps asked for; the trace follows its timesteps to the end."""
-    from tasks.generation import Job
-    from tasks.image import generate_cover
-    from tasks.models import ENGINES, load_pipeline, tiny_cache_dir
+    from tasks.brief import parse_brief
+    from tasks.generation import generate
+    from tasks.jobs import resolve_job
+    from tasks.models import load_pipeline
     from tasks.trace import trace_diffusion
 
-    size = ENGINES["image"].defaults("tiny")
-    job = Job(
-        modality="image", profile="tiny", model=tiny_cache_dir().name, prompt="a lighthouse in a storm",
-        negative_prompt="", steps=4, guidance=7.5, scheduler="pndm", seed=5, width=size.width, height=size.height,
-    )  # fmt: skip
-    cover = generate_cover.fn(job, workspace)
-    trace = trace_diffusion.fn(cover, "tiny", workspace, seed=5)
+    brief = parse_brief({"title": "T", "author": "A", "seed": 5, "cover": {"scheduler": "pndm", "steps": 4}})
+    job = resolve_job(brief, "cover").model_copy(update={"prompt": "a lighthouse in a storm"})
+    cover = generate.fn(job, workspace)
+    trace = trace_diffusion.fn(cover, workspace)
 
-    scheduler = load_pipeline("image", "tiny").pipe.scheduler
+    scheduler = load_pipeline(job.engine, "tiny").pipe.scheduler
     assert type(scheduler).__name__ == "PNDMScheduler"
     fresh = type(scheduler).from_config(scheduler.config)
     fresh.set_timesteps(job.steps)

@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from tasks.h264 import encode_h264
 from tasks.media import probe
-from tasks.video import encode_h264, make_poster, mux_sound_onto_video
+from tasks.video import make_poster, mux_sound_onto_video
 from tasks.workspace import StepResult
 
 

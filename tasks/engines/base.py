@@ -1,0 +1,161 @@
+"""What an engine is: one diffusers pipeline that makes one role's asset, described in one place.
+
+An engine module defines a subclass of `Engine` and an instance of it named `ENGINE`. Everything
+the rest of genbundle needs to know about the model lives on that object: its role, pipeline class
+and default weights, licence, generation parameters with their constraints and per-profile
+defaults, the schedulers it accepts, its prompt template, how its tiny offline version is built,
+how its pipeline is called, how its output is written and how it is tuned on a GPU.
+
+Only light imports at module level: the registry imports every engine to validate a brief, before
+torch or diffusers are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+@dataclass(frozen=True)
+class Licence:
+    """The licence of an engine's weights, and whether their outputs may be used commercially."""
+
+    name: str  # SPDX id where there is one (e.g. "CC-BY-NC-4.0"), else the licence's name
+    url: str
+    commercial: bool
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Terms in priority order (the last are dropped first when the context is short) and a negative prompt."""
+
+    terms: tuple[str, ...]
+    negative: str
+
+
+class Params(BaseModel):
+    """Generation parameters every engine takes; an engine's own model adds its constraints and fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(ge=1, le=200, description="Denoising steps.")
+    guidance: float = Field(ge=0.0, le=30.0, allow_inf_nan=False, description="Classifier-free guidance scale.")
+    scheduler: str
+
+
+def multiple_of(n: int):
+    """A field validator: the value is a multiple of n (with the nearest one as the fix)."""
+
+    def check(v: int) -> int:
+        if v % n:
+            raise ValueError(f"must be a multiple of {n} (got {v}; try {round(v / n) * n or n})")
+        return v
+
+    return check
+
+
+@dataclass(frozen=True)
+class Role:
+    """A part of the bundle: its brief section, its file, and the GPU work pool that generates it."""
+
+    name: str  # the brief's section and the role in the manifest: cover, sound, video
+    output: str  # the generated file's name in the bundle
+    title: str  # the asset's title in its embedded disclosure
+    pool: str  # the GPU work pool (and deployment) that generates it when dispatched
+    describes: str  # what it is, for a prompt-rewriting model: "a book cover illustration"
+
+
+class Engine:
+    """Base of every engine; subclasses set the class attributes and implement build_tiny, call, write."""
+
+    name: ClassVar[str]  # what a brief names it by: `cover.engine: sd15`
+    role: ClassVar[str]
+    title: ClassVar[str]  # e.g. "Stable Diffusion v1.5"
+    default: ClassVar[bool] = False  # the role's engine when a brief names none (one per role)
+    pipeline_class: ClassVar[str]  # a diffusers pipeline class name
+    weights: ClassVar[str]  # default full weights: hub id
+    licence: ClassVar[Licence]
+    params: ClassVar[type[Params]]
+    defaults: ClassVar[dict[str, dict[str, Any]]]  # profile ("full", "tiny") -> a full set of params
+    schedulers: ClassVar[tuple[str, ...]]  # names from tasks/engines/schedulers.py; the default is in `defaults`
+    prompt: ClassVar[PromptTemplate]
+    load_kwargs: ClassVar[dict[str, Any]] = {}  # extra from_pretrained arguments
+    tokenizer_folder: ClassVar[str] = "tokenizer"  # the subfolder whose tokenizer counts prompt tokens
+    denoiser: ClassVar[str] = "unet"  # the pipeline component that denoises (for attention checks, compile)
+    vram_headroom_gib: ClassVar[float] = 2.0  # activations beyond the weights at the full profile's defaults
+    traceable: ClassVar[bool] = False  # whether the diffusion trace can picture its latents (an image VAE)
+    code: ClassVar[tuple[Any, ...]] = ()  # functions and modules outside this file that shape its output
+
+    # --- what the rest of genbundle asks of an engine -----------------------------------------
+
+    def resolve(self, given: dict[str, Any], profile: str) -> Params:
+        """The profile's defaults with what the brief gave on top, checked against this engine's constraints."""
+        return self.params.model_validate(self.defaults[profile] | {k: v for k, v in given.items() if v is not None})
+
+    def build_tiny(self):
+        """The same pipeline class with small random weights (the caller seeds torch)."""
+        raise NotImplementedError
+
+    def call(self, pipe, job, generator, on_step):
+        """Run the pipeline for a job; call `on_step(i)` after denoising step i (callback_on_step_end)."""
+        raise NotImplementedError
+
+    def write(self, output, path: Path, job, disclosure) -> dict[str, str]:
+        """Write the output to `path` with its disclosure; return side files made beside it, by name."""
+        raise NotImplementedError
+
+    def tune(self, pipe, policy: str, compile: bool) -> None:
+        """Engine-specific CUDA fast path after placement (memory layout, VAE slicing, compile)."""
+        import torch
+
+        getattr(pipe, self.denoiser).to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+        if compile and policy == "gpu":  # offload hooks move weights mid-graph: not compiled then
+            getattr(pipe, self.denoiser).compile()
+
+    # --- derived ----------------------------------------------------------------------------
+
+    def source_modules(self) -> tuple[ModuleType, ...]:
+        import sys
+
+        return (sys.modules[type(self).__module__],)
+
+    def describe(self) -> dict[str, Any]:
+        """What `genbundle engines` lists."""
+        full = self.defaults["full"]
+        size = "x".join(str(full[k]) for k in ("width", "height") if k in full)
+        extra = {k: full[k] for k in ("frames", "fps", "duration") if k in full}
+        return {
+            "role": self.role,
+            "name": self.name,
+            "title": self.title,
+            "pipeline_class": self.pipeline_class,
+            "weights": self.weights,
+            "licence": self.licence.name,
+            "licence_url": self.licence.url,
+            "commercial_use": self.licence.commercial,
+            "tiny_build": type(self).build_tiny is not Engine.build_tiny,
+            "default_steps": full["steps"],
+            "default_scheduler": full["scheduler"],
+            "default_size": size or None,
+            **extra,
+        }
+
+
+def check_params(engine: Engine, given: dict[str, Any], profile: str, section: str) -> Params:
+    """`engine.resolve`, with a failure as one ValueError naming the brief field: `cover.width: ...`."""
+    try:
+        return engine.resolve(given, profile)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            where = ".".join([section, *(str(p) for p in e["loc"])])
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = f"is not a setting of the {engine.name} engine"
+            problems.append(f"{where}: {msg}")
+        raise ValueError("; ".join(problems)) from None

@@ -1,0 +1,123 @@
+"""Stable Diffusion v1.5: the book cover (the seed engine for the cover role)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tasks.engines.base import Engine, Licence, Params, PromptTemplate, multiple_of
+
+SCHEDULERS = ("dpm++", "ddim", "lms", "euler", "pndm")
+
+
+class SD15Params(Params):
+    scheduler: Literal[SCHEDULERS]  # type: ignore[valid-type]
+    width: int = Field(ge=64, le=2048, description="Multiples of 8 (the VAE's 8x compression).")
+    height: int = Field(ge=64, le=2048, description="Multiples of 8.")
+
+    _sides = field_validator("width", "height")(multiple_of(8))
+
+
+class StableDiffusion15(Engine):
+    name = "sd15"
+    role = "cover"
+    default = True  # the seed engine
+    title = "Stable Diffusion v1.5"
+    pipeline_class = "StableDiffusionPipeline"
+    weights = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # runwayml/... was taken down; this is the maintained copy
+    licence = Licence(
+        "CreativeML-OpenRAIL-M",
+        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/blob/main/LICENSE.md",
+        commercial=True,  # permitted under the licence's use restrictions
+    )
+    params = SD15Params
+    # 512x768: SD 1.5's native width at a book cover's 2:3.
+    defaults = {
+        "full": {"steps": 25, "guidance": 7.5, "scheduler": "dpm++", "width": 512, "height": 768},
+        "tiny": {"steps": 4, "guidance": 7.5, "scheduler": "dpm++", "width": 128, "height": 192},
+    }
+    schedulers = SCHEDULERS
+    prompt = PromptTemplate(
+        terms=(
+            "fantasy book cover illustration",  # style
+            "dramatic rim lighting",  # lighting
+            "vertical composition with clear space for the title",  # camera / framing
+            "highly detailed",  # quality
+            "sharp focus",
+            "masterpiece",
+        ),
+        # Lettering is typeset afterwards: generated text on the cover only gets in the way.
+        negative="text, letters, watermark, signature, logo, blurry, low quality, jpeg artifacts, deformed",
+    )
+    # The safety checker runs as its own step on the finished cover (tasks/safety.py).
+    load_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    vram_headroom_gib = 2.0
+    traceable = True
+
+    def build_tiny(self):
+        from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+        from tasks import tiny_models as tiny
+
+        tokenizer = tiny.clip_tokenizer()
+        unet = UNet2DConditionModel(
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        return StableDiffusionPipeline(
+            vae=tiny.image_vae(),
+            text_encoder=tiny.clip_text_encoder(len(tokenizer)),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=tiny.scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def call(self, pipe, job, generator, on_step):
+        from tasks.trace import ReverseTrace
+
+        snapshots = ReverseTrace()
+
+        def on_step_end(pipe, i, t, tensors):
+            on_step(i)
+            snapshots.keep(i, t, tensors["latents"], pipe.num_timesteps)  # PNDM runs more than job.steps
+            return tensors
+
+        image = pipe(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=job.params["width"],
+            height=job.params["height"],
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance,
+            generator=generator,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+        ).images[0]
+        return image, snapshots
+
+    def write(self, output, path: Path, job, disclosure) -> dict[str, str]:
+        from tasks.disclosure import png_info
+        from tasks.files import atomic_path
+
+        image, snapshots = output
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=png_info(disclosure))
+        reverse = path.with_name("reverse_trace.pt")  # latents at a few denoising steps, for the diffusion trace
+        snapshots.save(reverse)
+        return {"reverse_trace": str(reverse)}
+
+
+ENGINE = StableDiffusion15()
