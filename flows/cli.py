@@ -291,21 +291,19 @@ def cmd_engines(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="genbundle engines")
-    for col in ("role", "engine", "pipeline", "default weights", "licence", "commercial", "tiny", "steps", "size"):
-        table.add_column(col)
+    header = ("role", "engine", "pipeline", "default weights", "licence", "commercial", "tiny", "steps", "size")
+    lines = [header]
     for d in rows:
         size = d["default_size"] or (f"{d['duration']:g} s" if "duration" in d else "")
         if "frames" in d:
             size += f", {d['frames']} frames at {d['fps']} fps"
-        table.add_row(
+        lines.append((
             d["role"], d["name"], d["pipeline_class"], d["weights"], d["licence"],
             "yes" if d["commercial_use"] else "no", "yes" if d["tiny_build"] else "no", str(d["default_steps"]), size,
-        )  # fmt: skip
-    Console().print(table)
+        ))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:  # plain columns: readable in a terminal and in a pipe alike
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     return 0
 
 

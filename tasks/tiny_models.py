@@ -13,6 +13,7 @@ audio), so token counting and the 77-token limit behave like the real models' do
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -37,53 +38,66 @@ dragon castle knight wizard magic sword moon stars glow light dark red blue gree
 """.split()
 
 
-def _train_bpe(
-    vocab_size: int, *, byte_level: bool, specials: list[str]
-) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Train a small BPE on the built-in corpus; returns (vocab, merges) in HF's JSON formats."""
-    if byte_level:  # RoBERTa / GPT-2 style: spaces become 'Ġ'.
-        model = models.BPE()
-        tok = Tokenizer(model)
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
-        )
-    else:  # CLIP style: lower-case words, '</w>' closes each word.
-        model = models.BPE(end_of_word_suffix="</w>")
-        tok = Tokenizer(model)
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        alphabet = [chr(c) for c in range(33, 127)]
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=specials,
-            initial_alphabet=alphabet,
-            end_of_word_suffix="</w>",
-            show_progress=False,
-        )
+def _train_byte_level_bpe(vocab_size: int, specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """RoBERTa / GPT-2 style BPE (spaces become 'Ġ') trained on the built-in corpus by the tokenizers library."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     # Repeat the corpus so every word is frequent enough to be merged whole.
     tok.train_from_iterator([" ".join(_CORPUS)] * 4, trainer=trainer)
     bpe = json.loads(tok.to_str())["model"]
-    vocab = bpe["vocab"]
-    if not byte_level:
-        # CLIP's tokenizer also needs each character as a word ending.
-        for ch in alphabet:
-            vocab.setdefault(ch + "</w>", len(vocab))
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in bpe["merges"]]
+    return bpe["vocab"], merges
+
+
+def _clip_bpe(vocab_size: int, specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP style BPE (lower-case words, '</w>' closes each word) learned from the built-in corpus.
+
+    Learned here, not by the tokenizers library: its trainer breaks ties between equally frequent
+    pairs differently on every run, which gave every tiny build different token ids and so
+    different covers and clips for the same seed. Here the most frequent pair wins, ties by the
+    pair itself: the same vocabulary on every machine.
+    """
+    alphabet = [chr(c) for c in range(33, 127)]
+    vocab = {token: i for i, token in enumerate([*specials, *alphabet, *(ch + "</w>" for ch in alphabet)])}
+    words = {word: [*word[:-1], word[-1] + "</w>"] for word in sorted(set(_CORPUS))}
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        pairs = Counter(pair for symbols in words.values() for pair in zip(symbols, symbols[1:], strict=False))
+        if not pairs:
+            break  # every word is one token
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab.setdefault("".join(best), len(vocab))
+        for word, symbols in words.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if tuple(symbols[i : i + 2]) == best:
+                    merged.append("".join(best))
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            words[word] = merged
     return vocab, merges
 
 
 def clip_tokenizer():
     from transformers import CLIPTokenizer
 
-    vocab, merges = _train_bpe(1000, byte_level=False, specials=["<|startoftext|>", "<|endoftext|>"])
+    vocab, merges = _clip_bpe(1000, specials=["<|startoftext|>", "<|endoftext|>"])
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LIMIT)
 
 
 def roberta_tokenizer():
     from transformers import RobertaTokenizer
 
-    vocab, merges = _train_bpe(1000, byte_level=True, specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    vocab, merges = _train_byte_level_bpe(1000, specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LIMIT)
 
 

@@ -18,6 +18,8 @@ os.environ["GENBUNDLE_MODEL_CACHE"] = os.environ.get("GENBUNDLE_TEST_MODEL_CACHE
 os.environ["GENBUNDLE_OUT"] = str(_SESSION_HOME / "bundles")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_HOME / "hf")  # an empty Hugging Face cache: no full weights here
+# The suite checks CPU behaviour (float32, whole pipelines, CPU energy estimates): on a GPU machine too.
+os.environ["GENBUNDLE_DEVICE"] = "cpu"
 
 
 @pytest.fixture(scope="session")

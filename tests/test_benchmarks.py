@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 def test_plain_bundle_makes_the_same_bundle_as_the_flow(tiny_bundle, tmp_path):
     from benchmarks.plain_bundle import plain_bundle
@@ -41,6 +43,7 @@ def test_the_benchmark_builds_the_published_architectures_at_full_size():
         assert counts == expected, modality
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
     import subprocess
     import sys

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test runs the command line as a subprocess
+
 
 def genbundle(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(

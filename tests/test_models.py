@@ -121,6 +121,7 @@ print(len(errors), meta, len(modules))
 """
 
 
+@pytest.mark.slow
 def test_models_load_safely_from_concurrent_threads():
     """Loads in several threads at once (as the flow's tasks do) must leave no weight unmaterialised."""
     import os

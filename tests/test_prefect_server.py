@@ -18,6 +18,8 @@ import pytest
 from tasks.engines import ROLES, default_engine
 from tasks.models import ensure_tiny_model
 
+pytestmark = pytest.mark.slow  # a live server, deployments and a process worker per pool
+
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ("cpu", *(role.pool for role in ROLES.values()))
 

@@ -64,6 +64,7 @@ def test_a_change_redoes_only_what_depends_on_it(prefect_api, tmp_path):
     assert calls == dict.fromkeys(ROLES, 1) and set(steps.values()) == {"made"}
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_regenerating(prefect_api, tmp_path):
     """SIGKILL the command line once the generations are done; the next run calls no pipeline."""
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
@@ -89,3 +90,33 @@ def test_a_killed_run_resumes_without_regenerating(prefect_api, tmp_path):
     assert dict(generation.pipeline_calls - before) == {}  # no generation pipeline ran again
     generations = json.loads((location / "bundle.json").read_text())["compute"]["per_asset"]
     assert all(generations[role]["reused"] for role in ("cover", "sound_raw", "video"))
+
+
+def test_a_work_key_covers_the_code_that_makes_its_output_not_whole_modules(monkeypatch, tmp_path):
+    """Editing the mux or the loudness limiter must not regenerate the video or the sound; editing an
+    engine's own file regenerates what that engine makes, and nothing else."""
+    from tasks import audio, video, workspace
+    from tasks.engines import engine
+    from tasks.generation import generation_step
+    from tasks.jobs import resolve_jobs
+    from tasks.workspace import Workspace
+
+    area = Workspace(root=str(tmp_path))
+    jobs = resolve_jobs(parse_brief({"title": "Keys", "author": "K"}))
+
+    def keys() -> dict[str, str]:
+        return {role: generation_step(job, area).key for role, job in jobs.items()}
+
+    before, real_hash = keys(), workspace._source_hash
+
+    def edited(*changed):  # as if the source of these had been changed
+        monkeypatch.setattr(workspace, "_source_hash", lambda code: real_hash(code) + ("*" if code in changed else ""))
+
+    edited(video.mux_sound_onto_video.fn, video.make_poster.fn, audio, audio.limit_peaks)
+    assert keys() == before
+    video_engine = sys.modules[type(engine(jobs["video"].engine)).__module__]
+    edited(video_engine)
+    after = keys()
+    assert after["video"] != before["video"] and {r: after[r] for r in ("cover", "sound")} == {
+        r: before[r] for r in ("cover", "sound")
+    }

@@ -114,6 +114,7 @@ def test_a_replaced_bundle_drops_its_old_manifest_first_and_its_old_assets_last(
     assert (folder / "bundle.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_run_rejects_an_unknown_storage_scheme_before_any_model_loads(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--out", str(tmp_path), "--storage", "gs://bucket/covers"],

@@ -134,13 +134,5 @@ class AudioLDM(Engine):
         write_wav(path, samples, rate, disclosure)
         return {}
 
-    def tune(self, pipe, policy: str, compile: bool) -> None:
-        import torch
-
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        if compile and policy == "gpu":
-            pipe.unet.compile()
-
 
 ENGINE = AudioLDM()

@@ -109,7 +109,8 @@ class Engine:
         raise NotImplementedError
 
     def tune(self, pipe, policy: str, compile: bool) -> None:
-        """Engine-specific CUDA fast path after placement (memory layout, VAE slicing, compile)."""
+        """The engine's CUDA fast path once placed. This default suits a 2-D UNet with an image VAE:
+        channels_last (NHWC suits the tensor cores' convolutions), and torch.compile on request."""
         import torch
 
         getattr(pipe, self.denoiser).to(memory_format=torch.channels_last)
