@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -68,7 +69,7 @@ def _clip_bpe(vocab_size: int, specials: list[str]) -> tuple[dict[str, int], lis
     words = {word: [*word[:-1], word[-1] + "</w>"] for word in sorted(set(_CORPUS))}
     merges: list[tuple[str, str]] = []
     while len(vocab) < vocab_size:
-        pairs = Counter(pair for symbols in words.values() for pair in zip(symbols, symbols[1:], strict=False))
+        pairs = Counter(pair for symbols in words.values() for pair in pairwise(symbols))
         if not pairs:
             break  # every word is one token
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
