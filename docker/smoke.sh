@@ -47,6 +47,9 @@ cleanup() {
     compose down --volumes --remove-orphans --timeout 10 || rc=1
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
     vols=$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")
+    # and no anonymous volume of the one-off workers
+    vols="$vols $(docker volume ls -q | sort | comm -13 "$WORK/volumes.before" - | tr '\n' ' ')"
+    vols=${vols// /}
     if [ -n "$left$vols" ]; then echo "SMOKE FAILED: left behind: $left $vols" >&2; rc=1; fi
   fi
   rm -rf "$WORK"
@@ -87,6 +90,7 @@ echo "bundle $(basename "$BUNDLE_DIR"): $(find "$BUNDLE_DIR" -maxdepth 1 -type f
 # ---------------------------------------------------------------------------------------------
 step "stack up (project $PROJECT, ports $PORT_BASE-$((PORT_BASE + 2)) on 127.0.0.1)"
 secret() { head -c 18 /dev/urandom | base64 | tr -d '/+='; }
+docker volume ls -q | sort >"$WORK/volumes.before"
 umask 077
 cat >"$ENV_FILE" <<EOF
 PREFECT_PORT=$PORT_BASE
@@ -127,9 +131,20 @@ step "nightly deployment on the cpu worker"
 compose exec -T worker-cpu prefect deployment run asset-bundle/nightly --watch --watch-timeout 600
 
 step "dispatched bundle: GPU pools served by workers on the CPU image"
+# Each with a /bundles of its own, as the GPU workers have: generations reach the bundle flow
+# only through the S3 store's work area.
 for pool in gpu-image gpu-audio gpu-video; do
-  compose run -d --no-deps --name "$PROJECT-$pool" worker-cpu "$pool" >/dev/null
+  compose run -d --no-deps --name "$PROJECT-$pool" -v /bundles worker-cpu "$pool" >/dev/null
 done
+for pool in gpu-image gpu-audio gpu-video; do
+  for _ in $(seq 90); do
+    health=$(docker inspect --format '{{.State.Health.Status}}' "$PROJECT-$pool")
+    [ "$health" = healthy ] && break
+    sleep 1
+  done
+  [ "$health" = healthy ] || fail "the $pool worker is $health"
+done
+echo "gpu-image, gpu-audio and gpu-video workers healthy"
 DISPATCHED='{"title": "Smoke Dispatched", "author": "genbundle smoke test", "tagline": "Made across four workers"}'
 compose exec -T worker-cpu prefect deployment run asset-bundle/dispatched \
   --param "brief=$DISPATCHED" --watch --watch-timeout 900
