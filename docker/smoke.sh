@@ -7,7 +7,8 @@
 #    re-hashes the bundle with `genbundle verify`;
 # 3. brings the stack up (project genbundle-smoke, random credentials, its own ports on
 #    127.0.0.1) and waits for every health check, workers included; checks the published ports
-#    listen on 127.0.0.1 only and that the Prefect API refuses a request without its auth string;
+#    listen on 127.0.0.1 only, that the Prefect API refuses a request without its auth string,
+#    and that the UI is served, asks for a login and calls the published API address;
 # 4. runs the nightly deployment on the cpu worker, then a dispatched bundle whose generations
 #    run on workers for the three GPU pools served from the CPU image;
 # 5. verifies both bundles in the S3 store with `genbundle verify s3://...`;
@@ -108,7 +109,7 @@ compose ps --format 'table {{.Service}}\t{{.Status}}'
 [ "$(compose ps -q worker-cpu | xargs docker inspect --format '{{.State.Health.Status}}')" = healthy ] \
   || fail "worker-cpu is not healthy"
 
-step "published ports: 127.0.0.1 only; the API wants its auth string"
+step "published ports: 127.0.0.1 only; the API wants its auth string; the UI is served"
 for spec in "prefect-server 4200" "minio 9000" "minio 9001"; do
   # shellcheck disable=SC2086
   addr=$(compose port $spec)
@@ -125,6 +126,12 @@ code=$(printf 'user = "%s"\n' "$AUTH" | curl -s -o /dev/null -w '%{http_code}' -
   -H 'Content-Type: application/json' -d '{}' "$API/deployments/filter")
 [ "$code" = 200 ] || fail "the API answered $code with the auth string (want 200)"
 echo "unauthenticated: 401, authenticated: 200"
+ui=$(curl -s -w '\n%{http_code}' "http://127.0.0.1:$PORT_BASE/")
+[ "$(echo "$ui" | tail -1)" = 200 ] && echo "$ui" | grep -q -i "<html" || fail "the Prefect UI is not served at /"
+settings=$(curl -s "http://127.0.0.1:$PORT_BASE/ui-settings")
+echo "$settings" | grep -q '"auth":"BASIC"' || fail "the UI does not ask for the auth string: $settings"
+echo "$settings" | grep -q "\"api_url\":\"http://127.0.0.1:$PORT_BASE/api\"" || fail "the UI calls the wrong API: $settings"
+echo "UI served at http://127.0.0.1:$PORT_BASE with a login (basic auth)"
 
 # ---------------------------------------------------------------------------------------------
 step "nightly deployment on the cpu worker"

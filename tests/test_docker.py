@@ -186,6 +186,8 @@ def test_dockerfile_installs_dependencies_before_the_code_and_runs_as_non_root()
     assert user.split(":")[0].isdigit() and user.split(":")[0] != "0"
     assert any(op == "RUN" and "fonts-dejavu-core" in args for op, args in steps)
     assert any(op == "RUN" and "chmod 1777" in args and "/models" in args for op, args in steps)
+    # The Prefect server writes its UI at start-up: somewhere any uid can write, not site-packages.
+    assert any(op == "ENV" and "PREFECT_SERVER_UI_STATIC_DIRECTORY=/tmp/" in args for op, args in steps)
 
 
 def test_dockerignore_lets_in_only_what_the_image_copies():
