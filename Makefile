@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test clean
+.PHONY: install run test clean docker-test
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+# The image and the compose stack, end to end (docker/smoke.sh): needs a Docker engine, no GPU,
+# about 4 GB of disk and 5-8 minutes. Extra build arguments: DOCKER_BUILD_ARGS='...'.
+docker-test:
+	bash docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) bundles .pytest_cache
