@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +88,8 @@ def ensure_tiny_model(name: str) -> Path:
         if target.is_dir():  # complete: it is renamed into place only once fully saved
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.parent / f".{target.name}.{os.getpid()}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
+        # A folder of its own: containers sharing the cache volume can have the same pid.
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
         torch.manual_seed(0)  # the same weights on every machine
         built = tiny_models.AUX_BUILDERS[name]() if name in HELPERS else engine(name).build_tiny()
         tiny_models.eval_modules(built)
