@@ -91,9 +91,14 @@ def ensure_tiny_model(name: str) -> Path:
         # A folder of its own: containers sharing the cache volume can have the same pid.
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
         torch.manual_seed(0)  # the same weights on every machine
-        built = tiny_models.AUX_BUILDERS[name]() if name in HELPERS else engine(name).build_tiny()
-        tiny_models.eval_modules(built)
-        built.save_pretrained(partial)
+        if name in HELPERS:
+            built = tiny_models.AUX_BUILDERS[name]()
+            tiny_models.eval_modules(built)
+            built.save_pretrained(partial)
+        else:
+            built = engine(name).build_tiny()
+            tiny_models.eval_modules(built)
+            engine(name).save_tiny(built, partial)
         try:
             partial.rename(target)  # atomic: another process may have finished first
         except OSError:
@@ -155,6 +160,9 @@ def pull_models(profile: str, engine_names: list[str], log=print) -> dict[str, s
 
                 log(f"fetching {name} weights {ref} ...")
                 found[name] = snapshot_download(ref, ignore_patterns=_PULL_IGNORE)
+                for extra, hub_id in ({} if name in HELPERS else engine(name).extra_weights).items():
+                    log(f"fetching {name}'s {extra} {hub_id} ...")
+                    found[f"{name}:{extra}"] = snapshot_download(hub_id, ignore_patterns=_PULL_IGNORE)
         log(f"{name}: {found[name]}")
     return found
 
@@ -196,6 +204,7 @@ def load_pipeline(name: str, profile: str, weights: str | None = None) -> Loaded
         cls = lazy_import("diffusers", eng.pipeline_class)
         logging.getLogger(__name__).debug("loading %s from %s", cls.__name__, source)
         pipe = cls.from_pretrained(source, dtype=rt.dtype, **eng.load_kwargs)
+        eng.prepare(pipe, source, profile)
         memory = acceleration.place(pipe, eng, rt.device)
         pipe.set_progress_bar_config(disable=True)
         loaded = LoadedPipeline(pipe, source, threading.Lock(), memory)

@@ -24,23 +24,29 @@ def test_plain_bundle_makes_the_same_bundle_as_the_flow(tiny_bundle, tmp_path):
     assert set(plain_manifest["steps"].values()) == {"made"}  # made again, in a new work area
 
 
-# Parameter counts of the published models (SD 1.5's are the well-known 859.52M / 83.65M / 123.06M;
-# the others match their published fp32/fp16 weight files, see benchmarks/configs/SOURCES.md).
-PUBLISHED_PARAMETERS = {
-    "cover": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
-    "sound": {"unet": 185_036_552, "vae": 55_376_873, "text_encoder": 125_302_016, "vocoder": 55_264_897},
-    "video": {"unet": 1_411_233_860, "vae": 83_653_863, "text_encoder": 340_387_840},
-}
+def _engines_with_architectures():
+    from benchmarks.gpu_models import measured_engines
+
+    return {engine.name: engine for engine in measured_engines()}
 
 
-def test_the_benchmark_builds_the_published_architectures_at_full_size():
-    """Built on the meta device: the shapes are real, no memory is used."""
-    from benchmarks.gpu_models import build_real_size
+@pytest.mark.parametrize("name", sorted(_engines_with_architectures()))
+def test_the_benchmark_builds_the_published_architecture_at_full_size(name):
+    """Built on the meta device: the shapes are real, no memory is used. The published counts are
+    kept beside the configs (benchmarks/configs/<architecture>/parameters.json, sources in SOURCES.md)."""
+    from benchmarks.gpu_models import build_real_size, published_parameters
 
-    for modality, expected in PUBLISHED_PARAMETERS.items():
-        pipe = build_real_size(modality, "meta", dtype=None)
-        counts = {name: sum(p.numel() for p in pipe.components[name].parameters()) for name in expected}
-        assert counts == expected, modality
+    engine = _engines_with_architectures()[name]
+    expected = published_parameters(engine)
+    pipe = build_real_size(engine, "meta", dtype=None)
+    counts = {part: sum(p.numel() for p in pipe.components[part].parameters()) for part in expected}
+    assert counts == expected
+
+
+def test_every_seed_engine_has_its_architecture():
+    from tasks.engines import ROLES, default_engine
+
+    assert {default_engine(role).name for role in ROLES} <= set(_engines_with_architectures())
 
 
 @pytest.mark.slow
@@ -56,7 +62,8 @@ def test_the_gpu_benchmark_runs_end_to_end_on_tiny_models(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(next(tmp_path.glob("gpu-tiny-*.json")).read_text())
-    assert set(figures["roles"]) == set(ROLES)
-    assert all(r["seconds"] > 0 and r["steps_per_s"] > 0 for r in figures["roles"].values())
+    assert {e["role"] for e in figures["engines"].values()} == set(ROLES)
+    assert set(figures["engines"]) == set(_engines_with_architectures())
+    assert all(r["seconds"] > 0 and r["steps_per_s"] > 0 for r in figures["engines"].values())
     assert figures["bundle"]["concurrent_s"] > 0 and figures["baseline"]["total_s"] > 0
-    assert "| cover | 128x192 |" in result.stdout
+    assert "| sd15 | cover | 1.07 B | 128x192 |" in result.stdout

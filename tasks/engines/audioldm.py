@@ -31,6 +31,7 @@ class AudioLDM(Engine):
     pipeline_class = "AudioLDMPipeline"
     weights = "cvssp/audioldm-s-full-v2"
     licence = Licence("CC-BY-NC-SA-4.0", "https://huggingface.co/cvssp/audioldm-s-full-v2", commercial=False)
+    architecture = "audioldm_s_full_v2"  # benchmarks/configs/
     params = AudioLDMParams
     # The length comes from the brief (5 s by default); AudioLDM is tuned for low guidance.
     defaults = {

@@ -89,6 +89,12 @@ class Engine:
     vram_headroom_gib: ClassVar[float] = 2.0  # activations beyond the weights at the full profile's defaults
     traceable: ClassVar[bool] = False  # whether the diffusion trace can picture its latents (an image VAE)
     code: ClassVar[tuple[Any, ...]] = ()  # functions and modules outside this file that shape its output
+    # Weights it needs besides the pipeline's, by name (e.g. a LoRA adapter): hub ids, fetched by
+    # `genbundle models pull`, found with `models.weights_source`; the tiny build carries its own.
+    extra_weights: ClassVar[dict[str, str]] = {}
+    # Its published architecture for the GPU benchmark: a folder under benchmarks/configs/ with one
+    # config per pipeline component (`<component>.json`) and `parameters.json` (published counts).
+    architecture: ClassVar[str | None] = None
 
     # --- what the rest of genbundle asks of an engine -----------------------------------------
 
@@ -107,6 +113,13 @@ class Engine:
     def write(self, output, path: Path, job, disclosure) -> dict[str, str]:
         """Write the output to `path` with its disclosure; return side files made beside it, by name."""
         raise NotImplementedError
+
+    def save_tiny(self, built, folder: Path) -> None:
+        """Save what `build_tiny` made where `from_pretrained` (and `prepare`) will find it."""
+        built.save_pretrained(folder)
+
+    def prepare(self, pipe, source: str, profile: str) -> None:
+        """After `from_pretrained(source)`, before placement: load adapters, set the engine's scheduler."""
 
     def tune(self, pipe, policy: str, compile: bool) -> None:
         """The engine's CUDA fast path once placed. This default suits a 2-D UNet with an image VAE:

@@ -11,6 +11,9 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "lms": ("LMSDiscreteScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),  # Wan 2.1's own (flow-matching, from its config)
+    "lcm": ("LCMScheduler", {}),  # latent consistency: 4 to 8 steps with an LCM model or LoRA
+    "cosine-dpm++": ("CosineDPMSolverMultistepScheduler", {}),  # Stable Audio Open's own
 }
 
 

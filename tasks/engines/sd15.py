@@ -32,6 +32,7 @@ class StableDiffusion15(Engine):
         "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/blob/main/LICENSE.md",
         commercial=True,  # permitted under the licence's use restrictions
     )
+    architecture = "sd15"  # benchmarks/configs/
     params = SD15Params
     # 512x768: SD 1.5's native width at a book cover's 2:3.
     defaults = {

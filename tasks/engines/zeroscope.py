@@ -36,6 +36,7 @@ class ZeroscopeV2(Engine):
     pipeline_class = "TextToVideoSDPipeline"
     weights = "cerspense/zeroscope_v2_576w"
     licence = Licence("CC-BY-NC-4.0", "https://huggingface.co/cerspense/zeroscope_v2_576w", commercial=False)
+    architecture = "zeroscope_v2_576w"  # benchmarks/configs/
     params = ZeroscopeParams
     # Zeroscope v2 576w's native size; 24 frames at 8 fps make 3 s.
     defaults = {
