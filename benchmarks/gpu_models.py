@@ -298,10 +298,9 @@ def main() -> None:
 
     os.environ.setdefault("GENBUNDLE_SAFETY", "off")
     sys.path.insert(0, str(ROOT))
+    from tasks.engines import ROLES, default_engine
     from tasks.models import runtime
     from tasks.workspace import Workspace
-
-    from tasks.engines import ROLES, default_engine
 
     rt = runtime()
     seeds = [default_engine(role) for role in ROLES]

@@ -19,12 +19,12 @@ from tasks.caption import load_captioner
 from tasks.catalogue import BundleFile, make_manifest
 from tasks.cover import check_title_fits
 from tasks.cover_finishing import CoverFinish, finish_cover, result_of, submit_task
-from tasks.engines import ROLES
+from tasks.engines import ROLES, engine
 from tasks.generation import Generated, generate
 from tasks.jobs import Job, bundle_id, resolve_jobs
 from tasks.manifest import TINY_NOTE
-from tasks.models import load_pipeline, model_source, runtime
-from tasks.policy import check_jobs, check_prompt_policy
+from tasks.models import extra_weights_source, load_pipeline, model_source, runtime
+from tasks.policy import check_jobs, check_licences, check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
@@ -52,6 +52,7 @@ def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) 
     pool the safety checker and captioner too) and a worker without them fails its job, saying so.
     """
     check_prompt_policy(brief)
+    check_licences(brief)
     cover = resolve_jobs(brief)["cover"]
     size = (cover.params["width"], cover.params["height"])
     check_title_fits(
@@ -60,6 +61,8 @@ def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) 
     if not dispatch and brief.models == "full":
         for job in resolve_jobs(brief).values():
             model_source(job.engine, "full", job.weights_override)
+            for name in engine(job.engine).extra_weights:  # e.g. a LoRA adapter
+                extra_weights_source(job.engine, name)
         model_source("caption", "full")
         if get_settings().safety == "on":
             safety_checker_folder("full")

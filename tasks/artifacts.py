@@ -37,10 +37,15 @@ def asset_details(asset: Asset) -> str:
 
 def licence_line(manifest: Manifest) -> str:
     """Each engine's licence, and whether the bundle as a whole may be used commercially."""
-    engines = "; ".join(
-        f"{run.title} ({role}): {run.licence}, {'commercial use allowed' if run.commercial_use else 'non-commercial only'}"
-        for role, run in manifest.engines.items()
-    )
+
+    def terms(run) -> str:
+        if not run.commercial_use:
+            return "non-commercial only"
+        return (
+            f"commercial use allowed ({run.licence_conditions})" if run.licence_conditions else "commercial use allowed"
+        )
+
+    engines = "; ".join(f"{run.title} ({role}): {run.licence}, {terms(run)}" for role, run in manifest.engines.items())
     verdict = "may be used commercially" if manifest.commercial_use else "may NOT be used commercially as a whole"
     return f"Licences: {engines}. The bundle {verdict}."
 

@@ -4,6 +4,10 @@ Normalisation, in order: DC offset and sub-audio drift removed, resampled to 48 
 fades at both ends, gain to the integrated loudness target (ITU-R BS.1770 via pyloudnorm),
 and, where that gain would push the true peak over the ceiling, a look-ahead peak limiter
 so the target is still met without clipping.
+
+Mono (1-D samples) and multichannel sound (`(samples, channels)`, e.g. stereo) alike: each step
+works per channel, loudness sums the channels as BS.1770 does, the true peak is the highest of
+any channel, and the limiter's gain is one for all channels so the stereo image does not shift.
 """
 
 from __future__ import annotations
@@ -40,11 +44,11 @@ def integrated_loudness(samples: np.ndarray, rate: int) -> float:
 def _oversampled_abs(samples: np.ndarray) -> np.ndarray:
     from scipy.signal import resample_poly
 
-    return np.abs(resample_poly(samples, 4, 1))  # BS.1770-4 annex 2: 4x oversampling
+    return np.abs(resample_poly(samples, 4, 1, axis=0))  # BS.1770-4 annex 2: 4x oversampling
 
 
 def true_peak_db(samples: np.ndarray) -> float:
-    """True peak in dBTP, estimated by 4x oversampling."""
+    """True peak in dBTP, estimated by 4x oversampling (the highest of any channel)."""
     peak = float(_oversampled_abs(samples).max())
     return 20 * np.log10(peak) if peak > 0 else float("-inf")
 
@@ -56,9 +60,9 @@ def remove_dc(samples: np.ndarray, rate: int) -> np.ndarray:
     """Subtract the mean, then a zero-phase 20 Hz high-pass for slow drift."""
     from scipy.signal import butter, sosfiltfilt
 
-    centred = samples - samples.mean()
+    centred = samples - samples.mean(axis=0)
     sos = butter(2, 20.0, btype="highpass", fs=rate, output="sos")
-    return sosfiltfilt(sos, centred)
+    return sosfiltfilt(sos, centred, axis=0)
 
 
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -67,7 +71,7 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return samples
     g = gcd(rate, target)
-    return resample_poly(samples, target // g, rate // g)
+    return resample_poly(samples, target // g, rate // g, axis=0)
 
 
 def apply_fades(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -75,9 +79,9 @@ def apply_fades(samples: np.ndarray, rate: int) -> np.ndarray:
     out = samples.copy()
     fade_in, fade_out = (min(int(s * rate), len(out) // 2) for s in (FADE_IN_S, FADE_OUT_S))
     if fade_in:
-        out[:fade_in] *= _ramp(fade_in)
+        out[:fade_in] *= _per_sample(_ramp(fade_in), out)
     if fade_out:
-        out[-fade_out:] *= _ramp(fade_out)[::-1]
+        out[-fade_out:] *= _per_sample(_ramp(fade_out)[::-1], out)
     return out
 
 
@@ -85,25 +89,35 @@ def _ramp(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, length))
 
 
+def _per_sample(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """One value per sample, shaped to multiply every channel of `like` alike."""
+    return values.reshape(-1, *[1] * (like.ndim - 1))
+
+
 def limit_peaks(samples: np.ndarray, rate: int, ceiling_db: float) -> np.ndarray:
     """Look-ahead peak limiter: a smooth gain that keeps the (oversampled) peaks under the ceiling.
 
     The gain needed per sample is min-filtered over a window of 2K+1 and then averaged over the
     same window; the average of values each no larger than the need at the centre never exceeds
-    it, so every peak is brought under the ceiling while the gain moves smoothly.
+    it, so every peak is brought under the ceiling while the gain moves smoothly. With several
+    channels the need is that of the loudest channel at each sample, and one gain applies to all.
     """
     from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
     ceiling = 10 ** (ceiling_db / 20)
-    envelope = _oversampled_abs(samples)[: 4 * len(samples)].reshape(-1, 4).max(axis=1)
+    oversampled = _oversampled_abs(samples)[: 4 * len(samples)]
+    if oversampled.ndim > 1:
+        oversampled = oversampled.max(axis=1)
+    envelope = oversampled.reshape(-1, 4).max(axis=1)
     need = np.minimum(1.0, ceiling / np.maximum(envelope, 1e-12))
     window = 2 * int(LIMITER_LOOKAHEAD_S * rate) + 1
     gain = uniform_filter1d(minimum_filter1d(need, window, mode="nearest"), window, mode="nearest")
-    return samples * np.minimum(gain, need)
+    return samples * _per_sample(np.minimum(gain, need), samples)
 
 
 class NormalisedSound(StepResult):
     sample_rate: int
+    channels: int = 1
     duration: float
     loudness_lufs: float
     true_peak_dbtp: float
@@ -114,9 +128,9 @@ class NormalisedSound(StepResult):
 
 
 def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: float) -> tuple[np.ndarray, dict]:
-    """Return the normalised samples at 48 kHz and what was measured and done."""
-    if samples.ndim > 1:
-        samples = samples.mean(axis=1)
+    """Return the normalised samples at 48 kHz, with their channels, and what was measured and done."""
+    if samples.ndim > 1 and samples.shape[1] == 1:
+        samples = samples[:, 0]
     x = apply_fades(resample(remove_dc(samples.astype(np.float64), rate), rate, OUTPUT_RATE), OUTPUT_RATE)
     loudness = integrated_loudness(x, OUTPUT_RATE)
     if not np.isfinite(loudness) or loudness < -70:
@@ -155,7 +169,7 @@ def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: 
 def normalise_sound(
     raw: StepResult, workspace: Workspace, target_lufs: float = -14.0, ceiling_dbtp: float = -1.0
 ) -> NormalisedSound:
-    """Normalise the raw engine sound into a 48 kHz WAV at the loudness target under the ceiling."""
+    """Normalise the raw engine sound into a 48 kHz WAV, channels kept, at the loudness target under the ceiling."""
     import soundfile as sf
 
     inputs = {"raw": raw.key, "target_lufs": target_lufs, "ceiling_dbtp": ceiling_dbtp}
@@ -169,6 +183,7 @@ def normalise_sound(
         path = step.file(SOUND_NAME)
         write_wav(path, x.astype(np.float32), OUTPUT_RATE, raw.disclosure)
     result = NormalisedSound(
-        path=str(path), sample_rate=OUTPUT_RATE, duration=len(x) / OUTPUT_RATE, disclosure=raw.disclosure, **measured
-    )
+        path=str(path), sample_rate=OUTPUT_RATE, channels=1 if x.ndim == 1 else x.shape[1],
+        duration=len(x) / OUTPUT_RATE, disclosure=raw.disclosure, **measured,
+    )  # fmt: skip
     return step.save(result.model_copy(update={"seconds": stage.seconds}))

@@ -120,6 +120,9 @@ class Brief(_Strict):
     sound: SoundSpec = Field(SoundSpec(), description="The engine sound.")
     video: VideoSpec = Field(VideoSpec(), description="The car clip.")
     trace: bool = Field(True, description="Add the diffusion trace: the cover noised and denoised, step by step.")
+    licence_policy: Literal["any", "commercial"] | None = Field(
+        None, description="commercial: every engine must allow commercial use (as GENBUNDLE_LICENCE_POLICY does)."
+    )
 
     @field_validator("title", "author", "tagline")
     @classmethod

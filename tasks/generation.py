@@ -86,6 +86,7 @@ def run_generation(job: Job):
         licence=eng.licence.name,
         licence_url=eng.licence.url,
         commercial_use=eng.licence.commercial,
+        licence_conditions=eng.licence.conditions,
         model=job.weights if job.profile == "full" else "tiny random weights (built offline)",
         model_path=loaded.source,
         profile=job.profile,

@@ -36,6 +36,7 @@ class EngineRun(BaseModel):
     licence: str
     licence_url: str
     commercial_use: bool
+    licence_conditions: str = ""
     model: str  # hub id or folder as configured (full), or what the tiny weights are
     model_path: str  # the folder actually loaded
     profile: str

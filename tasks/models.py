@@ -127,6 +127,19 @@ def weights_source(ref: str, what: str, setting: str) -> str:
         ) from None
 
 
+def extra_weights_source(engine_name: str, name: str) -> str:
+    """The folder of an engine's extra full weights (e.g. a LoRA adapter), from the Hugging Face cache."""
+    eng = engine(engine_name)
+    hub_id = eng.extra_weights[name]
+    try:
+        return weights_source(hub_id, name, "HF_HOME")
+    except ModelNotAvailable:
+        raise ModelNotAvailable(
+            f"{eng.role} engine {engine_name} needs its {name} '{hub_id}', which is not in the Hugging Face cache "
+            f"({_hf_cache()}): fetch it with `genbundle models pull --models full --engine {engine_name}`"
+        ) from None
+
+
 def model_source(name: str, profile: str, weights: str | None = None) -> str:
     """The folder an engine's pipeline (or a helper model) loads from."""
     if profile == "tiny":

@@ -1,10 +1,12 @@
-"""The prompt policy: a configurable block list, checked before anything is generated.
+"""The brief's policies, checked before anything is loaded or generated.
 
-GENBUNDLE_BLOCKED_TERMS holds comma-separated words or phrases; a prompt (or title, author,
-tagline) that contains one as a whole word is refused with one line naming the field and term.
-The brief is checked first (`check_prompt_policy`), then the prompts the models actually get
-(`check_jobs`): expansion adds terms, a GENBUNDLE_PROMPT_MODEL rewrite may add anything, and the
-generation flow take jobs straight from their callers.
+- Prompts: GENBUNDLE_BLOCKED_TERMS holds comma-separated words or phrases; a prompt (or title,
+  author, tagline) that contains one as a whole word is refused with one line naming the field and
+  term. The brief is checked first (`check_prompt_policy`), then the prompts the models actually get
+  (`check_jobs`): expansion adds terms, a GENBUNDLE_PROMPT_MODEL rewrite may add anything, and the
+  generation flow takes jobs straight from its callers.
+- Licences: with GENBUNDLE_LICENCE_POLICY=commercial (or the brief's `licence_policy`), every
+  engine must allow commercial use of its outputs (`check_licences`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections.abc import Iterable
 
 from tasks.brief import Brief, BriefError
-from tasks.engines import ROLES
+from tasks.engines import ROLES, engines_for
 from tasks.jobs import Job
 from tasks.settings import get_settings
 
@@ -39,6 +41,26 @@ def check_prompt_policy(brief: Brief) -> None:
     """Raise BriefError for the first field of the brief that contains a blocked term."""
     fields = {"title": brief.title, "author": brief.author, "tagline": brief.tagline or ""}
     _refuse_blocked(fields | {f"{role}.prompt": brief.section(role).prompt for role in ROLES})
+
+
+def check_licences(brief: Brief) -> None:
+    """Raise BriefError when commercial use is asked for (GENBUNDLE_LICENCE_POLICY or the brief's
+    licence_policy) and a role's engine does not allow it; the message names the field, the engine
+    and the engines that would do."""
+    asked_by_brief = brief.licence_policy == "commercial"
+    if not asked_by_brief and get_settings().licence_policy != "commercial":
+        return
+    source = "licence_policy: commercial" if asked_by_brief else "GENBUNDLE_LICENCE_POLICY=commercial"
+    for role in ROLES:
+        engine = brief.engine_for(role)
+        if engine.licence.commercial:
+            continue
+        named = "" if brief.section(role).engine else " (the default)"
+        allowed = ", ".join(e.name for e in engines_for(role) if e.licence.commercial) or "none is registered"
+        raise BriefError(
+            f"{role}.engine: {engine.name}{named} is licensed {engine.licence.name}, which does not allow commercial "
+            f"use, and {source} asks for it; set {role}.engine to one that does: {allowed}"
+        )
 
 
 def check_jobs(jobs: Iterable[Job]) -> None:

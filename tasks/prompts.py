@@ -49,9 +49,10 @@ def content_words(text: str) -> set[str]:
 class _Counter:
     """Counts tokens the way the pipeline will, special tokens included."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, limit: int | None = None):
         self.tokenizer = tokenizer
-        self.limit = int(tokenizer.model_max_length)
+        # A tokenizer may report no real limit (a huge model_max_length): the engine's own bound wins.
+        self.limit = min(int(tokenizer.model_max_length), limit or int(tokenizer.model_max_length))
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, truncation=False).input_ids)
@@ -72,9 +73,9 @@ class _Counter:
 def expand_one(
     role: str, template: PromptTemplate, original: str, negative: str | None, tokenizer, rewrite=None
 ) -> ExpandedPrompt:
-    """Template expansion of one role's prompt, kept within the tokenizer's context."""
+    """Template expansion of one role's prompt, kept within the tokenizer's context (and the engine's limit)."""
     log = run_logger("genbundle.prompts")
-    counter = _Counter(tokenizer)
+    counter = _Counter(tokenizer, template.token_limit)
 
     base, rewritten_by = original, None
     if rewrite is not None:

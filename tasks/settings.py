@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     safety_action: Literal["blur", "drop", "fail"] = Field(
         "blur", description="What happens to a flagged cover: blurred, left out of the bundle, or the run fails."
     )
+    licence_policy: Literal["any", "commercial"] = Field(
+        "any",
+        description="commercial: refuse, before any model loads, a brief with an engine that forbids commercial use.",
+    )
     blocked_terms: str | None = Field(
         None, description="Comma-separated words or phrases that no prompt, title or tagline may contain."
     )

@@ -161,6 +161,21 @@ def bert_tokenizer():
     return BertTokenizer(vocab=vocab, model_max_length=TOKEN_LIMIT)
 
 
+def t5_tokenizer(model_max_length: int):
+    """A SentencePiece-style unigram vocabulary in T5's format: the corpus words as whole pieces
+    ('▁' marks a word start), then single characters to spell anything else.
+
+    Written from the fixed word list with fixed scores (a whole word outscores its letters), so
+    every build has the same ids; `model_max_length` is the engine's own context (T5s vary).
+    """
+    from transformers import T5Tokenizer
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]  # T5's ids 0, 1, 2
+    words = [(f"▁{word}", -1.0) for word in sorted(set(_CORPUS))]
+    characters = [("▁", -2.0)] + [(chr(c), -5.0) for c in range(33, 127)]
+    return T5Tokenizer(vocab=specials + words + characters, extra_ids=0, model_max_length=model_max_length)
+
+
 class TinyCaptioner:
     """A tiny BLIP captioner (model + processor) that saves and loads like a pipeline folder."""
 

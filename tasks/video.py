@@ -1,7 +1,7 @@
 """Video finishing: the sound muxed onto the generated clip, and its poster frame.
 
 The generated clip (`car.mp4`, silent H.264, see tasks/h264.py) gets the normalised sound
-muxed on as AAC with the video stream copied (`car_with_sound.mp4`):
+muxed on as AAC, mono or stereo as the sound is, with the video stream copied (`car_with_sound.mp4`):
 the sound is fitted to the video's length, trimmed with a short fade-out when longer, looped
 when shorter, so both streams end together without a click.
 """
@@ -48,7 +48,8 @@ def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Worksp
             stage.detail = "reused"
             return done
         duration = video_duration(Path(video.path))
-        sound_seconds = sf.info(sound.path).duration
+        sound_info = sf.info(sound.path)
+        sound_seconds = sound_info.duration
         fade = min(FADE_OUT_S, duration / 4)
         how, loop = ("trimmed", []) if sound_seconds >= duration else ("looped", ["-stream_loop", "-1"])
         fit = f"sound {how} from {sound_seconds:.2f} s to the video's {duration:.2f} s, {fade * 1000:.0f} ms fade-out"
@@ -57,7 +58,8 @@ def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Worksp
         with atomic_path(out) as tmp:
             run_ffmpeg(
                 ["-i", video.path, *loop, "-i", sound.path, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
-                + ["-af", fitted, "-c:a", "aac", "-b:a", "192k", "-ar", "48000", "-t", f"{duration:.6f}"]
+                + ["-af", fitted, "-c:a", "aac", "-b:a", "192k", "-ar", "48000", "-ac", str(sound_info.channels)]
+                + ["-t", f"{duration:.6f}"]
                 + [
                     *(ffmpeg_metadata(video.disclosure) if video.disclosure else []),
                     "-movflags",

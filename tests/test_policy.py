@@ -94,3 +94,64 @@ def test_the_bundle_flow_refuses_expanded_prompts_before_generating(block, prefe
     with pytest.raises(BriefError, match="as expanded"):
         asset_bundle(brief, out=str(tmp_path))
     assert not (tmp_path / ".work" / "cover").exists()  # nothing was generated
+
+
+@pytest.fixture
+def commercial_only(monkeypatch):
+    monkeypatch.setenv("GENBUNDLE_LICENCE_POLICY", "commercial")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def _commercial_engines() -> dict:
+    """For each role, an engine whose licence allows commercial use."""
+    from tasks.engines import ROLES, engines_for
+
+    return {role: {"engine": next(e.name for e in engines_for(role) if e.licence.commercial)} for role in ROLES}
+
+
+def test_the_licence_policy_names_the_field_and_the_engine_that_forbids_commercial_use(commercial_only):
+    from tasks.engines import default_engine
+    from tasks.policy import check_licences
+
+    refused = [role for role in ("cover", "sound", "video") if not default_engine(role).licence.commercial]
+    with pytest.raises(BriefError) as err:
+        check_licences(parse_brief({"title": "T", "author": "A"}))
+    message, engine = str(err.value), default_engine(refused[0])
+    assert message.startswith(f"{refused[0]}.engine: {engine.name} (the default) is licensed {engine.licence.name}")
+    assert "GENBUNDLE_LICENCE_POLICY=commercial" in message and "\n" not in message
+    check_licences(parse_brief({"title": "T", "author": "A", **_commercial_engines()}))  # all allowed: no refusal
+
+
+def test_the_brief_can_ask_for_commercial_use_itself():
+    from tasks.policy import check_licences
+
+    check_licences(parse_brief({"title": "T", "author": "A"}))  # no policy: the seed engines are fine
+    with pytest.raises(BriefError, match=r"\.engine: .* licence_policy: commercial asks for it"):
+        check_licences(parse_brief({"title": "T", "author": "A", "licence_policy": "commercial"}))
+    check_licences(parse_brief({"title": "T", "author": "A", "licence_policy": "commercial", **_commercial_engines()}))
+
+
+@pytest.mark.slow
+def test_run_refuses_a_non_commercial_brief_before_any_model_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "models"
+    env = os.environ | {
+        "GENBUNDLE_LICENCE_POLICY": "commercial",
+        "GENBUNDLE_MODEL_CACHE": str(cache),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and ".engine: " in line and "does not allow commercial use" in line
+    assert not (tmp_path / "out").exists() and not cache.exists()  # nothing written, no model built

@@ -50,7 +50,7 @@ def _api(env: dict, path: str, body: dict | None = None):
         return json.loads(response.read())
 
 
-def _prefect(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _prefect(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "prefect", *args], check=False, env=env, cwd=REPO, capture_output=True, text=True,
         timeout=timeout,

@@ -88,7 +88,22 @@ def test_rewrite_model_with_random_weights_falls_back_to_the_template(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="genbundle.prompts"):
         sound = default_engine("sound")
         tokenizer = load_tokenizer(sound.name, "tiny")
-        p = expand_one("sound", sound.prompt, "car engine accelerating", None, tokenizer, rewrite_with_model(str(tmp_path)))
+        p = expand_one(
+            "sound", sound.prompt, "car engine accelerating", None, tokenizer, rewrite_with_model(str(tmp_path))
+        )
     assert p.rewritten_by is None
     assert p.prompt.startswith("car engine accelerating, ")
     assert "looked degenerate" in caplog.text
+
+
+def test_an_engines_token_limit_bounds_a_tokenizer_that_reports_none(clip_tokenizer):
+    """A tokenizer may report no real limit (a huge model_max_length); the engine's own bound applies."""
+    from tasks.engines import PromptTemplate
+
+    clip_tokenizer.model_max_length = 10**30
+    try:
+        template = PromptTemplate(terms=("highly detailed",), negative="blurry", token_limit=12)
+        p = expand_one("cover", template, " ".join(f"tree{i}" for i in range(40)), None, clip_tokenizer)
+    finally:
+        clip_tokenizer.model_max_length = 77
+    assert p.token_limit == 12 and p.tokens <= 12 and p.trimmed

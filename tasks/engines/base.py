@@ -27,6 +27,7 @@ class Licence:
     name: str  # SPDX id where there is one (e.g. "CC-BY-NC-4.0"), else the licence's name
     url: str
     commercial: bool
+    conditions: str = ""  # what commercial use is subject to, in a few words
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PromptTemplate:
 
     terms: tuple[str, ...]
     negative: str
+    token_limit: int | None = None  # the text encoder's context, where the tokenizer does not say it
 
 
 class Params(BaseModel):
@@ -152,6 +154,7 @@ class Engine:
             "licence": self.licence.name,
             "licence_url": self.licence.url,
             "commercial_use": self.licence.commercial,
+            "licence_conditions": self.licence.conditions,
             "tiny_build": type(self).build_tiny is not Engine.build_tiny,
             "default_steps": full["steps"],
             "default_scheduler": full["scheduler"],

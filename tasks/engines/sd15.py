@@ -30,7 +30,8 @@ class StableDiffusion15(Engine):
     licence = Licence(
         "CreativeML-OpenRAIL-M",
         "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/blob/main/LICENSE.md",
-        commercial=True,  # permitted under the licence's use restrictions
+        commercial=True,
+        conditions="within the licence's use restrictions (attachment A)",
     )
     architecture = "sd15"  # benchmarks/configs/
     params = SD15Params
