@@ -79,6 +79,13 @@ def moto_server():
     server.stop()
 
 
+# Every file of a bundle made with the seed engines (the manifest lists all but itself).
+BUNDLE_FILES = {
+    "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav", "car.mp4", "car_with_sound.mp4",
+    "poster.png", "trace_forward.png", "trace_reverse.png", "noise_schedule.png", "bundle.json",
+}  # fmt: skip
+ASSET_COUNT = len(BUNDLE_FILES) - 1
+
 # Test credentials: moto accepts any; the secret is distinctive so a test can look for leaks.
 TEST_ACCESS_KEY = "AKIATESTGENBUNDLE0001"
 TEST_SECRET_KEY = "genbundle-test-secret-do-not-leak-7f3a9c"

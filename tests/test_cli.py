@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ASSET_COUNT
 
 pytestmark = pytest.mark.slow  # each test runs the command line as a subprocess
 
@@ -54,7 +55,7 @@ def test_run_makes_a_bundle_and_prints_where(tmp_path):
     location = Path(result.stdout.strip().splitlines()[-1])
     assert location.parent == tmp_path.resolve()
     manifest = json.loads((location / "bundle.json").read_text())
-    assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == 10
+    assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == ASSET_COUNT
     assert "car_with_sound.mp4" in result.stderr  # the summary table
     assert "Placeholder outputs" in result.stderr
 
@@ -83,7 +84,7 @@ def test_run_to_s3_then_verify_ls_and_run_again_sending_nothing(s3, tmp_path):
 
     verify = genbundle("verify", url)
     assert verify.returncode == 0 and verify.stdout.strip().endswith(f"verified: {url}")
-    assert verify.stdout.count("ok ") == 10
+    assert verify.stdout.count("ok ") == ASSET_COUNT
 
     listing = genbundle("ls", target)
     assert listing.returncode == 0 and "Night Roads" in listing.stdout and url in listing.stdout
@@ -109,7 +110,7 @@ def test_verify_and_upload_commands_on_a_local_bundle(tiny_bundle, s3, tmp_path)
     _, _, bucket = s3
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))
     ok = genbundle("verify", str(bundle))
-    assert ok.returncode == 0 and ok.stdout.count("ok ") == 10
+    assert ok.returncode == 0 and ok.stdout.count("ok ") == ASSET_COUNT
 
     uploaded = genbundle("upload", str(bundle), f"s3://{bucket}/later")
     assert uploaded.returncode == 0 and "11 uploaded" in uploaded.stdout

@@ -6,16 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import BUNDLE_FILES as EXPECTED
 from PIL import Image
 
 from tasks.engines import ROLES, default_engine
 from tasks.files import sha256_file
 from tasks.manifest import DISCLOSURE, TINY_NOTE, Manifest
-
-EXPECTED = {
-    "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav", "car.mp4", "car_with_sound.mp4",
-    "poster.png", "trace_forward.png", "trace_reverse.png", "noise_schedule.png", "bundle.json",
-}  # fmt: skip
 
 
 def _manifest(bundle: Path) -> dict:

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import ASSET_COUNT
 
 from tasks.engines import ROLES, default_engine
 from tasks.models import ensure_tiny_model
@@ -167,7 +168,7 @@ def test_dispatched_bundle_through_the_gpu_pools(stack):
     seconds = time.perf_counter() - started
     assert run.returncode == 0, run.stdout[-3000:] + "\n" + (logs / "worker-cpu.log").read_text()[-3000:]
     bundle = _bundles(out)["The Glowing Forest"]
-    assert len(bundle["assets"]) == 10
+    assert len(bundle["assets"]) == ASSET_COUNT
     for pool in {ROLES[role].pool for role in ROLES}:  # each generation ran on its own pool's worker
         assert "Completed" in (logs / f"worker-{pool}.log").read_text()
     # Made on the pools, found finished by the bundle flow: the cover (safety-checked) and its trace.

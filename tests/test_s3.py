@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, minimal_manifest
+from conftest import ASSET_COUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, minimal_manifest
 from loopback_s3 import RESET, FaultyProxy
 
 from tasks.catalogue import describe_asset
@@ -298,7 +298,7 @@ def test_ls_lists_bundles_with_titles(s3, bundle):
     listing = {b.bundle_id: b for b in list_bundles(parse_s3_url(f"s3://{bucket}/shelf"))}
     assert set(listing) == {_manifest(bundle)["bundle_id"], "half-done-123"}
     done = listing[_manifest(bundle)["bundle_id"]]
-    assert done.title == "The Forest of Glowing Things" and done.assets == 10 and done.created
+    assert done.title == "The Forest of Glowing Things" and done.assets == ASSET_COUNT and done.created
     assert listing["half-done-123"].title is None
 
 
