@@ -47,6 +47,21 @@ def tiny_bundle(prefect_api, tmp_path_factory) -> Path:
     return Path(asset_bundle(brief, out=str(out)))
 
 
+@pytest.fixture
+def settings_env(monkeypatch):
+    """Change GENBUNDLE_* settings for one test: `settings_env(GENBUNDLE_X="...")`."""
+    from tasks.settings import get_settings
+
+    def set_env(**values):
+        for k, v in values.items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+
+    yield set_env
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 def minimal_manifest(bundle_id: str, brief: dict, assets: list):
     """A manifest with only what storage reads (id, brief, assets): for store and upload tests."""
     from tasks.manifest import Manifest

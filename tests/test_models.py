@@ -4,23 +4,8 @@ from tasks import models
 from tasks.engines import ROLES, default_engine
 from tasks.engines.schedulers import SCHEDULERS, use_scheduler
 from tasks.models import ModelNotAvailable, load_pipeline, model_source
-from tasks.settings import get_settings
 
 SD15 = default_engine("cover").name
-
-
-@pytest.fixture
-def settings_env(monkeypatch):
-    """Change GENBUNDLE_* settings for one test."""
-
-    def set_env(**values):
-        for k, v in values.items():
-            monkeypatch.setenv(k, v)
-        get_settings.cache_clear()
-
-    yield set_env
-    monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -96,15 +96,6 @@ def test_the_bundle_flow_refuses_expanded_prompts_before_generating(block, prefe
     assert not (tmp_path / ".work" / "cover").exists()  # nothing was generated
 
 
-@pytest.fixture
-def commercial_only(monkeypatch):
-    monkeypatch.setenv("GENBUNDLE_LICENCE_POLICY", "commercial")
-    get_settings.cache_clear()
-    yield
-    monkeypatch.undo()
-    get_settings.cache_clear()
-
-
 def _commercial_engines() -> dict:
     """For each role, an engine whose licence allows commercial use."""
     from tasks.engines import ROLES, engines_for
@@ -112,7 +103,8 @@ def _commercial_engines() -> dict:
     return {role: {"engine": next(e.name for e in engines_for(role) if e.licence.commercial)} for role in ROLES}
 
 
-def test_the_licence_policy_names_the_field_and_the_engine_that_forbids_commercial_use(commercial_only):
+def test_the_licence_policy_names_the_field_and_the_engine_that_forbids_commercial_use(settings_env):
+    settings_env(GENBUNDLE_LICENCE_POLICY="commercial")
     from tasks.engines import default_engine
     from tasks.policy import check_licences
 
