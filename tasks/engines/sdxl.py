@@ -13,7 +13,7 @@ import sys
 
 from pydantic import Field
 
-from tasks.engines.base import Licence, PromptTemplate
+from tasks.engines.base import Licence
 from tasks.engines.sd15 import SD15Params, StableDiffusion15
 
 
@@ -44,18 +44,7 @@ class StableDiffusionXL(StableDiffusion15):
         "full": {"steps": 50, "guidance": 5.0, "scheduler": "euler", "width": 832, "height": 1216},
         "tiny": {"steps": 3, "guidance": 5.0, "scheduler": "euler", "width": 128, "height": 192},
     }
-    prompt = PromptTemplate(
-        terms=(
-            "fantasy book cover illustration",  # style
-            "dramatic rim lighting",  # lighting
-            "vertical composition with clear space for the title",  # camera / framing
-            "highly detailed",  # quality
-            "sharp focus",
-            "masterpiece",
-        ),
-        # Lettering is typeset afterwards: generated text on the cover only gets in the way.
-        negative="text, letters, watermark, signature, logo, blurry, low quality, jpeg artifacts, deformed",
-    )
+    # The prompt template is sd15's (inherited): the same book-cover wording and CLIP's 77 tokens.
     # SDXL has no safety checker component (the cover's safety check is its own step, tasks/safety.py).
     # The invisible watermark of Stability's reference code is not applied: the bundle embeds its own
     # disclosure, and an output that changed with an optional package would change the work keys.
