@@ -42,7 +42,7 @@ def licence_line(manifest: Manifest) -> str:
         if not run.commercial_use:
             return "non-commercial only"
         return (
-            f"commercial use allowed ({run.licence_conditions})" if run.licence_conditions else "commercial use allowed"
+            f"commercial use allowed, {run.licence_conditions}" if run.licence_conditions else "commercial use allowed"
         )
 
     engines = "; ".join(f"{run.title} ({role}): {run.licence}, {terms(run)}" for role, run in manifest.engines.items())
