@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from flows.bundle import finish_all, gather, generate_all, preflight, runtime_label
+from flows.bundle import finish_all, gather, generate_all, paths_by_name, preflight, runtime_label
 from tasks.brief import Brief
 from tasks.catalogue import make_manifest
 from tasks.cover_finishing import CoverFinish, result_of
 from tasks.engines import ROLES
 from tasks.jobs import bundle_id, resolve_jobs
+from tasks.page import render_page
 from tasks.prompts import expand_prompts
+from tasks.provenance import sign_assets
 from tasks.storage import store_bundle
 from tasks.workspace import Workspace
 
@@ -41,8 +43,9 @@ def plain_bundle(brief: Brief, out: str) -> str:
         cover_assets, notes, normalised, muxed, poster = finish_all(brief, futures, finish, workspace, submit)
         generated = {role: futures[role].result() for role in ROLES}
     files, notes, timings = gather(generated, cover_assets, notes, normalised, muxed, poster, prompt_seconds)
+    files = sign_assets.fn(files, generated, workspace)
     timings["total_before_store"] = time.perf_counter() - started
     manifest = make_manifest.fn(
         bundle_id(brief, runtime_label(False)), brief, prompts, generated, files, notes, timings
     )
-    return store_bundle.fn(manifest, {a.name: f.step.path for a, f in zip(manifest.assets, files, strict=True)}, out)
+    return store_bundle.fn(manifest, paths_by_name(manifest, files), out, render_page(manifest))

@@ -1,6 +1,6 @@
 """The asset-bundle flow: a brief in, a stored bundle out.
 
-    prompts -> jobs -> generations -> finishing -> manifest -> store -> upload -> summary
+    prompts -> jobs -> generations -> finishing -> signing -> manifest -> page -> store -> upload -> summary
 
 Each node is a helper below (or a task in tasks/); the flow body reads like that line.
 """
@@ -24,9 +24,11 @@ from tasks.generation import Generated, generate
 from tasks.jobs import Job, bundle_id, resolve_jobs
 from tasks.manifest import TINY_NOTE
 from tasks.models import extra_weights_source, load_pipeline, model_source, runtime
+from tasks.page import render_page
 from tasks.policy import check_jobs, check_licences, check_prompt_policy
 from tasks.progress import tracked
 from tasks.prompts import expand_prompts
+from tasks.provenance import check_signing, sign_assets
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
 from tasks.safety import load_safety_checker, safety_checker_folder
 from tasks.settings import get_settings
@@ -53,6 +55,7 @@ def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) 
     """
     check_prompt_policy(brief)
     check_licences(brief)
+    check_signing()  # GENBUNDLE_C2PA_CERT/KEY: both or neither, readable, matching, accepted by c2pa
     cover = resolve_jobs(brief)["cover"]
     size = (cover.params["width"], cover.params["height"])
     check_title_fits(
@@ -138,6 +141,11 @@ def gather(generated: dict[str, Generated], cover_assets: dict, notes: dict, nor
     return files, notes, timings
 
 
+def paths_by_name(manifest, files: list[BundleFile]) -> dict[str, str]:
+    """Each asset's file name in the bundle -> where it lies in the work area."""
+    return {asset.name: file.step.path for asset, file in zip(manifest.assets, files, strict=True)}
+
+
 @flow(name="asset-bundle", flow_run_name="{brief.title}")
 def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = None, dispatch: bool = False) -> str:
     """Expand the prompts, generate every role concurrently, finish them, store the bundle.
@@ -168,14 +176,14 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     cover_assets, notes, normalised, muxed, poster = finish_all(brief, futures, finish, workspace)
     generated = {role: result_of(futures[role]) for role in ROLES}
     files, notes, timings = gather(generated, cover_assets, notes, normalised, muxed, poster, prompt_stage.seconds)
+    files = sign_assets(files, generated, workspace)  # C2PA credentials, before the manifest hashes the files
     timings["total_before_store"] = time.perf_counter() - started
 
     with tracked("manifest"):
         manifest = make_manifest(bundle, brief, prompts, generated, files, notes, timings)
+    page = render_page(manifest)  # index.html, the bundle's page: shows the manifest's hashes, stored before it
     with tracked("store"):
-        location = store_bundle(
-            manifest, {a.name: f.step.path for a, f in zip(manifest.assets, files, strict=True)}, out
-        )
+        location = store_bundle(manifest, paths_by_name(manifest, files), out, page)
     upload = None
     if is_s3_url(storage):
         with tracked("upload") as stage:

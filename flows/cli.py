@@ -163,13 +163,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_links(console, url: str, names: list[str]) -> None:
+    from tasks.page import SHARE_NAME
     from tasks.s3 import parse_s3_url, presigned_links, s3_client
     from tasks.settings import get_settings
 
     expiry = get_settings().presign_expiry
+    links = presigned_links(s3_client(), parse_s3_url(url), [*names, SHARE_NAME], expiry)
+    share = links.pop(SHARE_NAME)
     console.print(f"shareable links (presigned, valid {expiry // 60} min):")
-    for name, link in presigned_links(s3_client(), parse_s3_url(url), names, expiry).items():
+    for name, link in links.items():
         print(f"{name}\t{link}")
+    console.print("the bundle's page, every link on it presigned (the link to share):")
+    print(f"{SHARE_NAME}\t{share}")
 
 
 def _quietly(function, *args) -> None:
@@ -183,7 +188,9 @@ def _quietly(function, *args) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tasks.verify import verify_bundle
 
-    result = verify_bundle(args.target)
+    result = verify_bundle(args.target, args.trust)
+    if result.signing:
+        print(result.signing)
     for a in result.assets:
         detail = "" if a.status == "ok" else f" (expected {a.expected_sha256[:12]}, {a.expected_bytes} bytes"
         if a.status == "mismatch":
@@ -191,6 +198,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         elif a.status == "missing":
             detail += ")"
         print(f"{a.status:8} {a.name}{detail}")
+        if a.credentials:
+            print(f"{'':8} {a.credentials.describe()}")
     print(f"{'verified' if result.ok else 'FAILED'}: {args.target}")
     return 0 if result.ok else 1
 
@@ -201,6 +210,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for b in list_bundles(parse_s3_url(args.target)):
         title = b.title if b.title is not None else "(incomplete: no manifest)"
         print(f"{b.created or '-':25} {b.assets:3} assets {b.bytes:>12} bytes  {title}  {b.url}")
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from tasks.gallery import local_gallery, s3_gallery
+    from tasks.s3 import is_s3_url
+
+    if is_s3_url(args.target):
+        link, expiry = s3_gallery(args.target, args.out)
+        print(f"gallery uploaded beside the bundles; presigned link, valid {expiry // 60} min:", file=sys.stderr)
+        if args.out:
+            print(f"a copy: {args.out}", file=sys.stderr)
+        print(link)
+    else:
+        print(local_gallery(Path(args.target), args.out))
     return 0
 
 
@@ -357,13 +381,21 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("brief", help="brief file (.yaml, .yml or .json)")
     submit.set_defaults(func=cmd_submit)
 
-    verify = sub.add_parser("verify", help="re-hash a stored bundle against its manifest")
+    verify = sub.add_parser("verify", help="re-hash a stored bundle against its manifest, check its C2PA credentials")
     verify.add_argument("target", help="a bundle folder, or s3://bucket/prefix/<bundle-id>")
+    verify.add_argument("--trust", help="PEM roots to trust as C2PA signers' anchors (default GENBUNDLE_C2PA_TRUST)")
     verify.set_defaults(func=cmd_verify)
 
     ls = sub.add_parser("ls", help="list the bundles under an s3:// prefix")
     ls.add_argument("target", help="s3://bucket/prefix")
     ls.set_defaults(func=cmd_ls)
+
+    gallery = sub.add_parser("gallery", help="one page of many bundles: a local folder, or s3:// (presigned links)")
+    gallery.add_argument("target", help="a folder of bundles, or s3://bucket/prefix")
+    gallery.add_argument(
+        "--out", type=Path, help="the page to write (default: gallery.html in the folder; for s3:// a local copy)"
+    )
+    gallery.set_defaults(func=cmd_gallery)
 
     upload = sub.add_parser("upload", help="upload a stored local bundle (e.g. after a failed upload)")
     upload.add_argument("bundle", help="the local bundle folder")

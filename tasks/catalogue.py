@@ -17,7 +17,7 @@ from tasks.brief import Brief
 from tasks.energy import OVERLAP_NOTE, estimate
 from tasks.files import sha256_file
 from tasks.generation import Generated
-from tasks.manifest import DISCLOSURE, TINY_NOTE, Asset, AssetLicence, Manifest
+from tasks.manifest import DISCLOSURE, TINY_NOTE, Asset, AssetLicence, Credentials, Manifest, credentials_note
 from tasks.media import probe
 from tasks.prompts import PromptSet
 from tasks.workspace import StepResult
@@ -34,6 +34,7 @@ class BundleFile:
     role: str
     step: StepResult
     sources: tuple[str, ...]  # generated roles whose output it holds (their engines' licences apply)
+    signer: str | None = None  # who signed its C2PA content credentials (tasks/provenance.py); None: unsigned
 
 
 def describe_asset(path: Path, role: str) -> Asset:
@@ -141,6 +142,7 @@ def make_manifest(
     for file in files:
         asset = describe_asset(Path(file.step.path), file.role)
         asset.licences = _licences(file.sources, generated)
+        asset.credentials = Credentials(signed=file.signer is not None, signer=file.signer)
         if "cover_caption" in notes and file.sources == ("cover",) and asset.media_type == "image/png":
             asset.alt_text = notes["cover_caption"]["text"]  # the caption is the cover art's alt text
         assets.append(asset)
@@ -149,6 +151,7 @@ def make_manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         disclosure=DISCLOSURE,
         placeholder=TINY_NOTE if brief.models == "tiny" else None,
+        credentials=credentials_note([f.signer for f in files]),
         brief=brief.model_dump(mode="json"),
         prompts=prompts,
         assets=assets,

@@ -25,6 +25,28 @@ TINY_NOTE = (
     "Placeholder outputs: made with the tiny profile (small models with random weights, built offline), "
     "so the images, sound and video are noise-like by design. Use --models full for real assets."
 )
+UNSIGNED_NOTE = (
+    "unsigned: no signing certificate configured (GENBUNDLE_C2PA_CERT and GENBUNDLE_C2PA_KEY), so the files "
+    "carry no C2PA content credentials; their disclosure metadata is plain text anyone can strip or forge"
+)
+
+
+def credentials_note(signers: list[str | None]) -> str:
+    """The bundle's line on its C2PA content credentials: who signed its files, or that nobody did."""
+    names = sorted({s for s in signers if s})
+    if not names:
+        return UNSIGNED_NOTE
+    unsigned = sum(1 for s in signers if not s)
+    return f"signed: C2PA content credentials by {', '.join(names)}" + (
+        f"; {unsigned} file(s) unsigned" if unsigned else ""
+    )
+
+
+class Credentials(BaseModel):
+    """Whether a file carries C2PA content credentials, and whose."""
+
+    signed: bool
+    signer: str | None = None  # the signing certificate's common name (organisation)
 
 
 class EngineRun(BaseModel):
@@ -82,6 +104,7 @@ class Asset(BaseModel):
     streams: list[dict[str, Any]] | None = None
     alt_text: str | None = None
     licences: list[AssetLicence] = []  # every engine whose output is in this file
+    credentials: Credentials | None = None  # C2PA signing; None in bundles made before it existed
 
     @property
     def commercial_use(self) -> bool:
@@ -97,6 +120,7 @@ class Manifest(BaseModel):
     created: str
     disclosure: str
     placeholder: str | None = None  # set for the tiny profile's noise-like outputs
+    credentials: str | None = None  # "signed: ... by <signer>" or UNSIGNED_NOTE (tasks/provenance.py signs)
     brief: dict[str, Any]
     prompts: dict[str, ExpandedPrompt]  # role -> the prompt its engine got
     assets: list[Asset]

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from tasks.errors import UserError
 from tasks.logs import run_logger
 from tasks.manifest import MANIFEST_NAME, Manifest
+from tasks.page import HTML_TYPE, PAGE_NAME, SHARE_NAME, render_page
 from tasks.settings import Settings, get_settings
 
 
@@ -197,7 +198,7 @@ class UploadReport(BaseModel):
     skipped: list[str]
     bytes_sent: int
     seconds: float
-    links: dict[str, str]  # presigned GET per file
+    links: dict[str, str]  # presigned GET per file, and the share page's (share.html: the link to give people)
     expires_in: int
     verified_by: dict[str, str]  # file -> "store checksum" | "read-back"
 
@@ -327,6 +328,27 @@ def presigned_links(client, location: S3Location, names: list[str], expires_in: 
     }
 
 
+def write_share_page(client, location: S3Location, manifest: Manifest, expires_in: int) -> str:
+    """Upload the bundle page with presigned links (share.html) for a private bucket; returns its own presigned link.
+
+    Rewritten at every upload (and by `genbundle gallery`): its links expire, the page says when.
+    Not listed in the manifest; the upload reports it apart from the bundle's files.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    names = [a.name for a in manifest.assets] + [MANIFEST_NAME]
+    until = (datetime.now(UTC) + timedelta(seconds=expires_in)).strftime("%Y-%m-%d %H:%M UTC")
+    note = (
+        f"The links on this page are presigned: they work until {until} ({expires_in // 60} minutes after this "
+        "page was written), for anyone who has the page. Ask for a fresh link after that."
+    )
+    html = render_page(manifest, presigned_links(client, location, names, expires_in), note)
+    client.put_object(
+        Bucket=location.bucket, Key=location.key(SHARE_NAME), Body=html.encode("utf-8"), ContentType=HTML_TYPE
+    )
+    return presigned_links(client, location, [SHARE_NAME], expires_in)[SHARE_NAME]
+
+
 def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | None = None) -> UploadReport:
     """Upload a stored local bundle to `<target>/<bundle-id>/`, manifest last; returns what was done."""
     settings = settings or get_settings()
@@ -358,9 +380,15 @@ def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | 
             }
             for name, future in futures.items():
                 results[name] = future.result()
+        page = local_dir / PAGE_NAME  # the bundle page: not listed in the manifest, sent before it like an asset
+        if page.is_file():
+            results[PAGE_NAME] = up.put(
+                page, location.key(PAGE_NAME), HTML_TYPE, file_digests(page, up.part_size).sha256_hex
+            )
+        share_link = write_share_page(client, location, manifest, settings.presign_expiry)
         results[MANIFEST_NAME] = up.put(manifest_path, location.key(MANIFEST_NAME), "application/json", manifest_sha)
 
-        links = presigned_links(client, location, list(results), settings.presign_expiry)
+        links = presigned_links(client, location, list(results), settings.presign_expiry) | {SHARE_NAME: share_link}
     return UploadReport(
         url=location.url() + "/",
         uploaded=[n for n, (done, _) in results.items() if done],

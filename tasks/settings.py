@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     s3_part_mb: int = Field(8, ge=5, le=512, description="Multipart threshold and part size, MiB.")
     presign_expiry: int = Field(3600, ge=1, le=604800, description="Seconds a shared (presigned) link stays valid.")
 
+    # C2PA content credentials (tasks/provenance.py): both set, or neither (assets unsigned).
+    c2pa_cert: str | None = Field(
+        None, description="PEM file: the signing certificate chain, end-entity first, intermediates after, no root."
+    )
+    c2pa_key: str | None = Field(None, description="PEM file: the private key of the end-entity certificate.")
+    c2pa_trust: str | None = Field(
+        None, description="PEM file of root certificates that `genbundle verify` trusts as signers' anchors."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -17,6 +17,7 @@ from prefect import task
 
 from tasks.files import atomic_path, sha256_file
 from tasks.manifest import MANIFEST_NAME, Manifest, ManifestError
+from tasks.page import PAGE_NAME
 from tasks.settings import get_settings
 
 
@@ -83,8 +84,9 @@ def storage_target(storage: str | None = None) -> str | None:
 
 
 @task(name="store-bundle")
-def store_bundle(manifest: Manifest, files: dict[str, str], out: str | None = None) -> str:
-    """Write the files (name -> path in the work area), then the manifest, into `<out>/<bundle-id>/`.
+def store_bundle(manifest: Manifest, files: dict[str, str], out: str | None = None, page: str | None = None) -> str:
+    """Write the files (name -> path in the work area), the bundle page (`page`, the HTML of index.html),
+    then the manifest, into `<out>/<bundle-id>/`.
 
     Returns the folder's path. A bundle already stored with the very same brief and asset hashes
     is left as it is, manifest included: the same request is the same bundle, so storing (and
@@ -109,6 +111,9 @@ def store_bundle(manifest: Manifest, files: dict[str, str], out: str | None = No
         for name in {a.name for a in previous.assets} - listed if previous else ():
             if Path(name).name == name and name != MANIFEST_NAME:
                 (target / name).unlink(missing_ok=True)
+        if page is not None:  # not listed in the manifest (it shows the hashes), but before it like an asset
+            with atomic_path(target / PAGE_NAME) as tmp:
+                tmp.write_text(page, encoding="utf-8")
         with atomic_path(manifest_path) as tmp:
             tmp.write_text(manifest.to_json(), encoding="utf-8")
     replaced.unlink(missing_ok=True)

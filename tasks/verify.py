@@ -1,13 +1,16 @@
-"""Re-hash a stored bundle, on local disk or in S3, against its manifest."""
+"""Re-hash a stored bundle, on local disk or in S3, against its manifest, and validate the C2PA
+content credentials of every file the manifest says was signed."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from tasks.files import sha256_file
 from tasks.manifest import MANIFEST_NAME, Asset, Manifest
+from tasks.provenance import CredentialCheck, read_credentials, trust_anchors
 from tasks.s3 import StorageError, is_s3_url, parse_s3_url, read_manifest, s3_client, storage_errors
 
 
@@ -18,15 +21,17 @@ class AssetCheck(BaseModel):
     found_sha256: str | None = None
     expected_bytes: int
     found_bytes: int | None = None
+    credentials: CredentialCheck | None = None  # for a file the manifest says was signed
 
 
 class BundleCheck(BaseModel):
     target: str
     assets: list[AssetCheck]
+    signing: str | None = None  # the manifest's credentials line: who signed, or "unsigned: ..."
 
     @property
     def ok(self) -> bool:
-        return all(a.status == "ok" for a in self.assets)
+        return all(a.status == "ok" and (a.credentials is None or a.credentials.ok) for a in self.assets)
 
 
 def _check(asset: Asset, found: tuple[str, int] | None) -> AssetCheck:
@@ -38,8 +43,17 @@ def _check(asset: Asset, found: tuple[str, int] | None) -> AssetCheck:
     return check
 
 
-def verify_bundle(target: str) -> BundleCheck:
-    """Hash every asset the manifest lists, reading each back from where it is stored."""
+def _check_credentials(manifest: Manifest, checks: list[AssetCheck], local_path, anchors: bytes | None) -> None:
+    """Read back the credentials of each signed asset that is there; `local_path(name)` gives a file to read."""
+    for asset, check in zip(manifest.assets, checks, strict=True):
+        if asset.credentials and asset.credentials.signed and check.status != "missing":
+            check.credentials = read_credentials(local_path(asset.name), anchors)
+
+
+def verify_bundle(target: str, trust: str | None = None) -> BundleCheck:
+    """Hash every asset the manifest lists, reading each back from where it is stored, and validate
+    the credentials of the signed ones (against the trust anchors in `trust`, else GENBUNDLE_C2PA_TRUST)."""
+    anchors = trust_anchors(trust)
     if is_s3_url(target):
         from botocore.exceptions import ClientError
 
@@ -61,6 +75,13 @@ def verify_bundle(target: str) -> BundleCheck:
                     raise
 
             checks = [_check(a, found(a.name)) for a in manifest.assets]
+            with tempfile.TemporaryDirectory(prefix="genbundle-verify-") as tmp:  # c2pa reads files: fetch them
+
+                def fetched(name: str) -> Path:
+                    client.download_file(location.bucket, location.key(name), str(Path(tmp) / name))
+                    return Path(tmp) / name
+
+                _check_credentials(manifest, checks, fetched, anchors)
     else:
         folder = Path(target)
         if not (folder / MANIFEST_NAME).is_file():
@@ -72,4 +93,5 @@ def verify_bundle(target: str) -> BundleCheck:
             return (sha256_file(path), path.stat().st_size) if path.is_file() else None
 
         checks = [_check(a, found(a.name)) for a in manifest.assets]
-    return BundleCheck(target=str(target), assets=checks)
+        _check_credentials(manifest, checks, lambda name: folder / name, anchors)
+    return BundleCheck(target=str(target), assets=checks, signing=manifest.credentials)

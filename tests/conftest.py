@@ -94,12 +94,12 @@ def moto_server():
     server.stop()
 
 
-# Every file of a bundle made with the seed engines (the manifest lists all but itself).
+# Every file of a bundle made with the seed engines (the manifest lists all but itself and the page).
 BUNDLE_FILES = {
     "cover.png", "cover_titled.png", "engine_raw.wav", "engine.wav", "car.mp4", "car_with_sound.mp4",
-    "poster.png", "trace_forward.png", "trace_reverse.png", "noise_schedule.png", "bundle.json",
+    "poster.png", "trace_forward.png", "trace_reverse.png", "noise_schedule.png", "index.html", "bundle.json",
 }  # fmt: skip
-ASSET_COUNT = len(BUNDLE_FILES) - 1
+ASSET_COUNT = len(BUNDLE_FILES) - 2
 
 # Test credentials: moto accepts any; the secret is distinctive so a test can look for leaks.
 TEST_ACCESS_KEY = "AKIATESTGENBUNDLE0001"

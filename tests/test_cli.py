@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,10 @@ def test_run_to_s3_then_verify_ls_and_run_again_sending_nothing(s3, tmp_path):
     url = first.stdout.strip().splitlines()[-1]
     assert url.startswith(f"{target}/night-roads-")
     assert "cover_titled.png\thttp" in first.stdout  # shareable links printed
-    assert "11 uploaded" in first.stderr
+    assert f"{ASSET_COUNT + 2} uploaded" in first.stderr  # the assets, the page, the manifest
+    share = next(line for line in first.stdout.splitlines() if line.startswith("share.html\thttp"))
+    with urllib.request.urlopen(share.split("\t")[1]) as resp:  # the bundle's page, the link to give people
+        assert b"<h1>Night Roads</h1>" in resp.read()
 
     verify = genbundle("verify", url)
     assert verify.returncode == 0 and verify.stdout.strip().endswith(f"verified: {url}")
@@ -91,7 +95,7 @@ def test_run_to_s3_then_verify_ls_and_run_again_sending_nothing(s3, tmp_path):
 
     again = genbundle(*args)
     assert again.returncode == 0, again.stderr
-    assert "0 uploaded (0 bytes sent), 11 already there" in again.stderr
+    assert f"0 uploaded (0 bytes sent), {ASSET_COUNT + 2} already there" in again.stderr
     for result in (first, verify, listing, again):
         assert TEST_SECRET_KEY not in result.stdout + result.stderr
 
@@ -113,7 +117,7 @@ def test_verify_and_upload_commands_on_a_local_bundle(tiny_bundle, s3, tmp_path)
     assert ok.returncode == 0 and ok.stdout.count("ok ") == ASSET_COUNT
 
     uploaded = genbundle("upload", str(bundle), f"s3://{bucket}/later")
-    assert uploaded.returncode == 0 and "11 uploaded" in uploaded.stdout
+    assert uploaded.returncode == 0 and f"{ASSET_COUNT + 2} uploaded" in uploaded.stdout
 
     (bundle / "engine.wav").write_bytes(b"RIFF and nothing else")
     bad = genbundle("verify", str(bundle))

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import ASSET_COUNT
 from conftest import BUNDLE_FILES as EXPECTED
 from PIL import Image
 
@@ -25,7 +26,7 @@ def test_the_bundle_is_complete(tiny_bundle):
 
 def test_manifest_hashes_and_sizes_match_the_files(tiny_bundle):
     manifest = _manifest(tiny_bundle)
-    assert {a["name"] for a in manifest["assets"]} == EXPECTED - {"bundle.json"}
+    assert {a["name"] for a in manifest["assets"]} == EXPECTED - {"bundle.json", "index.html"}
     for asset in manifest["assets"]:
         path = tiny_bundle / asset["name"]
         assert asset["sha256"] == sha256_file(path)
@@ -195,7 +196,7 @@ def test_bundle_uploaded_to_s3_with_links_and_no_secret(s3, tmp_path):
     artifacts, logs = anyio.run(read)
     markdown = artifacts[0].data
     assert "X-Amz-Signature=" in markdown and "presigned" in markdown  # each asset linked
-    assert "11 uploaded" in markdown
+    assert f"{ASSET_COUNT + 2} uploaded" in markdown  # the assets, the page and the manifest
     assert "noise schedule](http" in markdown and "reverse process](http" in markdown  # pictures embedded
     everything = markdown + "\n".join(log.message for log in logs) + (local / "bundle.json").read_text()
     assert logs and TEST_SECRET_KEY not in everything

@@ -67,7 +67,8 @@ def test_upload_layout_content_types_and_manifest_last(s3, proxy, bundle):
     prefix = f"team/covers/{manifest['bundle_id']}/"
     assert report.url == f"s3://{bucket}/{prefix}"
     stored = _keys(client, bucket, prefix)
-    assert set(stored) == {prefix + a["name"] for a in manifest["assets"]} | {prefix + "bundle.json"}
+    unlisted = {"bundle.json", "index.html", "share.html"}  # the manifest, the bundle page, the share page
+    assert set(stored) == {prefix + a["name"] for a in manifest["assets"]} | {prefix + name for name in unlisted}
     for a in manifest["assets"]:
         head = client.head_object(Bucket=bucket, Key=prefix + a["name"])
         assert head["ContentType"] == a["media_type"]
@@ -77,7 +78,8 @@ def test_upload_layout_content_types_and_manifest_last(s3, proxy, bundle):
     writes = [path for method, path in proxy.requests if method in ("PUT", "POST") and prefix in path]
     assert writes[-1].split("?")[0].endswith("/bundle.json")  # the manifest goes last
     assert set(report.verified_by.values()) == {"store checksum"}
-    assert report.bytes_sent == sum(a["bytes"] for a in manifest["assets"]) + (bundle / "bundle.json").stat().st_size
+    unlisted_bytes = sum((bundle / name).stat().st_size for name in ("bundle.json", "index.html"))
+    assert report.bytes_sent == sum(a["bytes"] for a in manifest["assets"]) + unlisted_bytes  # share.html apart
 
 
 def test_second_upload_sends_nothing(s3, bundle):
@@ -85,8 +87,8 @@ def test_second_upload_sends_nothing(s3, bundle):
     target = parse_s3_url(f"s3://{bucket}/p")
     first = upload_bundle_dir(bundle, target)
     second = upload_bundle_dir(bundle, target)
-    assert len(first.uploaded) == 11 and not first.skipped
-    assert second.bytes_sent == 0 and not second.uploaded and len(second.skipped) == 11
+    assert len(first.uploaded) == ASSET_COUNT + 2 and not first.skipped  # + the page and the manifest
+    assert second.bytes_sent == 0 and not second.uploaded and len(second.skipped) == ASSET_COUNT + 2
 
 
 def test_interrupted_upload_resumes_without_resending(s3, proxy, bundle, monkeypatch):
@@ -103,7 +105,7 @@ def test_interrupted_upload_resumes_without_resending(s3, proxy, bundle, monkeyp
 
     proxy.rules.clear()
     report = upload_bundle_dir(bundle, target)
-    assert sorted(report.uploaded) == ["bundle.json", "car_with_sound.mp4"]
+    assert sorted(report.uploaded) == ["bundle.json", "car_with_sound.mp4", "index.html"]  # the page: after the assets
     sizes = {name: (bundle / name).stat().st_size for name in report.uploaded}
     assert report.bytes_sent == sum(sizes.values())
     assert verify_bundle(f"s3://{bucket}/{prefix}").ok
@@ -121,7 +123,7 @@ def test_transient_errors_are_retried(s3, proxy, bundle):
 
     proxy.rules.append(flaky)
     report = upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/p"))
-    assert len(proxy.failed) == 3 and len(report.uploaded) == 11
+    assert len(proxy.failed) == 3 and len(report.uploaded) == ASSET_COUNT + 2
 
 
 def test_a_store_that_stays_down_gives_one_line(s3, proxy, bundle, monkeypatch):
@@ -146,7 +148,7 @@ def test_connection_resets_are_retried(s3, proxy, bundle):
 
     proxy.rules.append(reset)
     report = upload_bundle_dir(bundle, parse_s3_url(f"s3://{bucket}/p"))
-    assert [status for _, _, status in proxy.failed] == [RESET, RESET] and len(report.uploaded) == 11
+    assert [status for _, _, status in proxy.failed] == [RESET, RESET] and len(report.uploaded) == ASSET_COUNT + 2
     assert verify_bundle(f"s3://{bucket}/p/{_manifest(bundle)['bundle_id']}").ok
 
 
@@ -172,7 +174,7 @@ def test_an_object_corrupted_in_transit_is_taken_down_and_sent_again(s3, proxy, 
 
     proxy.mutators.clear()
     report = upload_bundle_dir(bundle, target)
-    assert sorted(report.uploaded) == ["bundle.json", "engine.wav"]
+    assert sorted(report.uploaded) == ["bundle.json", "engine.wav", "index.html"]  # the page goes after the assets
     assert verify_bundle(f"s3://{bucket}/{prefix}").ok
 
 
