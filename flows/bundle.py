@@ -23,7 +23,7 @@ from tasks.engines import ROLES, engine
 from tasks.generation import Generated, generate
 from tasks.jobs import Job, bundle_id, resolve_jobs
 from tasks.manifest import TINY_NOTE
-from tasks.models import extra_weights_source, load_pipeline, model_source, runtime
+from tasks.models import check_prompt_model, extra_weights_source, load_pipeline, model_source, runtime
 from tasks.page import render_page
 from tasks.policy import check_jobs, check_licences, check_prompt_policy
 from tasks.progress import tracked
@@ -55,6 +55,7 @@ def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) 
     """
     check_prompt_policy(brief)
     check_licences(brief)
+    check_prompt_model()  # a bad GENBUNDLE_PROMPT_MODEL: now, not after the hub's retries
     check_signing()  # GENBUNDLE_C2PA_CERT/KEY: both or neither, readable, matching, accepted by c2pa
     cover = resolve_jobs(brief)["cover"]
     size = (cover.params["width"], cover.params["height"])

@@ -3,8 +3,10 @@
     genbundle run [BRIEF.yaml|json] [--title ... --author ... --seed N --models tiny|full --out DIR]
     genbundle models pull --models tiny|full
 
-Exit codes: 0 done, 1 the run failed, 2 the brief is invalid (one line naming the field).
-The brief is validated, and full models looked for, before Prefect or any model is loaded.
+Exit codes: 0 done, 1 the run failed (or full models, the bucket or the server are missing), 2 the
+input is invalid: a brief field, a flag, a GENBUNDLE_* setting, a file or an output folder named.
+Each error is one line starting "error: " that names the field, flag or setting and the fix.
+The input is checked, and full models looked for, before Prefect or any model is loaded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 from pathlib import Path
 
 from tasks.brief import BriefError, load_brief_file, parse_brief
+from tasks.errors import InputError
 
 FINISHING_STAGES = ["safety", "title", "caption", "trace", "normalise", "mux", "poster", "manifest", "store"]
 
@@ -37,7 +40,12 @@ def _parse_set(item: str) -> tuple[str, object]:
     if "=" not in item:
         raise BriefError(f"--set {item}: expected FIELD=VALUE, e.g. --set cover.width=512")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else raw  # "512" -> 512, "true" -> True
+    if not key.strip():
+        raise BriefError(f"--set {item}: no field before '=', e.g. --set cover.width=512")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else raw  # "512" -> 512, "true" -> True
+    except yaml.YAMLError:  # "[", "a: b: c": take it as the text it was typed as; the field's check judges it
+        return key.strip(), raw
 
 
 def brief_from_args(args: argparse.Namespace):
@@ -104,11 +112,39 @@ def _summary_table(location: Path):
     return table, manifest
 
 
+def check_targets(out: Path | None, storage: str | None, brief=None) -> tuple[str | None, Path]:
+    """The storage target and the local output folder, checked before Prefect or any model loads:
+    a storage URL that cannot be, an output folder that cannot be written, an unusable model cache,
+    GENBUNDLE_DEVICE=cuda without a GPU. Returns (storage target, output folder)."""
+    from tasks.files import check_writable_folder
+    from tasks.models import check_device, check_model_cache
+    from tasks.s3 import StorageError
+    from tasks.storage import out_root, storage_target
+
+    try:
+        target = storage_target(storage)
+        root = out_root(out, target)
+    except StorageError as err:  # only what was typed is parsed here: an input error, not an unreachable store
+        raise InputError(str(err)) from None
+    if out is not None:
+        name = "--out"
+    elif target is not None and not target.startswith("s3://"):
+        name = "--storage" if storage is not None else "GENBUNDLE_STORAGE"
+    else:
+        name = "GENBUNDLE_OUT"
+    check_writable_folder(root, name, "give a folder you can write to")
+    if brief is None or brief.models == "tiny":  # the tiny profile builds its models there
+        check_model_cache()
+    check_device()
+    return target, root
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
     brief = brief_from_args(args)  # a BriefError ends here, before Prefect or any model loads
+    storage, root = check_targets(args.out, args.storage, brief)  # so does an unusable --out or setting
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the progress display tells the story
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
@@ -121,12 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from tasks.errors import UserError
         from tasks.jobs import bundle_id
         from tasks.s3 import is_s3_url
-        from tasks.storage import out_root, storage_target
 
-        storage = storage_target(args.storage)
-        local = out_root(args.out, storage) / bundle_id(
-            brief, runtime_label(False)
-        )  # a clash of --out and --storage ends here
+        local = root / bundle_id(brief, runtime_label(False))
         preflight(brief, storage)  # models there, title fits, bucket reachable: errors end here too
         # Load the models while the server starts; the flow's tasks find them loaded. A load that
         # fails here fails again in its task, which reports it.
@@ -186,9 +218,13 @@ def _quietly(function, *args) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from tasks.manifest import ManifestError
     from tasks.verify import verify_bundle
 
-    result = verify_bundle(args.target, args.trust)
+    try:
+        result = verify_bundle(args.target, args.trust)
+    except ManifestError as err:  # a bundle.json that is no manifest: the file named is wrong, exit 2
+        raise InputError(f"verify: {err}") from None
     if result.signing:
         print(result.signing)
     for a in result.assets:
@@ -237,6 +273,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    from tasks.brief import load_briefs_file
+
+    load_briefs_file(args.briefs)  # a missing, binary or non-UTF-8 file ends here; bad entries are reported per row
+    check_targets(args.out, args.storage)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.batch import asset_bundle_batch
@@ -275,14 +315,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def grid_path(args: argparse.Namespace, seed: int, root: Path) -> Path:
+    """Where `grid` writes without --grid-out: under --out when given, else beside the brief file,
+    else under the output folder (GENBUNDLE_OUT); never the current folder by surprise."""
+    name = f"scheduler-grid-seed{seed}.png"
+    if args.out is None and args.brief:
+        return Path(args.brief).parent / name
+    return root / name
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     brief = brief_from_args(args)
     from flows.bundle import preflight
     from tasks.grid import scheduler_grid
     from tasks.workspace import Workspace
 
+    _, root = check_targets(args.out, None, brief)
+    path = args.grid_out or grid_path(args, brief.seed, root)
+    if path.is_dir():
+        raise InputError(f"--grid-out: {path} is a folder: give the .png file to write")
+    from tasks.files import check_writable_folder
+
+    check_writable_folder(path.parent, "--grid-out" if args.grid_out else "the grid's folder (--grid-out)")
     preflight(brief)
-    path = args.grid_out or Path(f"scheduler-grid-seed{brief.seed}.png")
     seconds = scheduler_grid(brief, Workspace.for_storage(str(args.out) if args.out else None, None), path)
     print("  ".join(f"{name} {s:.2f} s" for name, s in seconds.items()))
     print(path)
@@ -295,7 +350,14 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
     names = args.engine or [default_engine(role).name for role in ROLES]
     for name in names:
-        engine(name)  # an unknown name ends here, naming the registered ones
+        try:
+            engine(name)  # an unknown name ends here, naming the registered ones
+        except ValueError as err:
+            raise InputError(f"--engine: {err}") from None
+    if args.models == "tiny":  # built into GENBUNDLE_MODEL_CACHE: refuse one that cannot be written, now
+        from tasks.models import check_model_cache
+
+        check_model_cache()
     try:
         pull_models(args.models, names)
     except Exception as err:  # network or hub errors: one line
@@ -331,6 +393,30 @@ def cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _path(value: str) -> Path:
+    """An output flag's path: empty would silently mean the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty, which would mean the current folder: give a path")
+    return Path(value)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {number})")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (no usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _brief_arguments(parser: argparse.ArgumentParser) -> None:
     """The brief, as a file and/or flags (flags win)."""
     parser.add_argument("brief", nargs="?", help="brief file (.yaml, .yml or .json)")
@@ -344,11 +430,11 @@ def _brief_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-prompt")
     parser.add_argument("--duration", type=float, help="seconds of engine sound")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any brief field, e.g. cover.steps=30")
-    parser.add_argument("--out", type=Path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
+    parser.add_argument("--out", type=_path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genbundle", description="Turn a creative brief into an asset bundle.")
+    parser = _Parser(prog="genbundle", description="Turn a creative brief into an asset bundle.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate a bundle from a brief file and/or flags")
@@ -358,14 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = sub.add_parser("grid", help="the cover under every scheduler, same seed, side by side")
     _brief_arguments(grid)
-    grid.add_argument("--grid-out", type=Path, help="the PNG to write (default scheduler-grid-seed<N>.png)")
+    grid.add_argument(
+        "--grid-out",
+        type=_path,
+        help="the PNG to write (default scheduler-grid-seed<N>.png under --out, "
+        "else beside the brief file, else under GENBUNDLE_OUT)",
+    )
     grid.set_defaults(func=cmd_grid)
 
     batch = sub.add_parser("batch", help="one bundle per brief in a JSON Lines or CSV file")
     batch.add_argument("briefs", type=Path)
-    batch.add_argument("--max-concurrency", type=int, default=2)
+    batch.add_argument("--max-concurrency", type=_positive, default=2)
     batch.add_argument("--dispatch", action="store_true", help="generate on the GPU work pools (needs workers)")
-    batch.add_argument("--out", type=Path)
+    batch.add_argument("--out", type=_path)
     batch.add_argument("--storage")
     batch.set_defaults(func=cmd_batch)
 
@@ -417,17 +508,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """An error's message on one line (a library's message may hold several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a usage error (one line, exit 2) or --help (exit 0)
+        return done.code if isinstance(done.code, int) else 2
     from tasks.errors import UserError
 
     try:
+        if args.command != "engines":  # every other command reads settings: a bad one ends here, exit 2
+            from tasks.settings import get_settings
+
+            get_settings()
         return args.func(args)
-    except BriefError as err:  # exit 2: the brief needs fixing
-        print(f"error: {err}", file=sys.stderr)
+    except InputError as err:  # exit 2: the brief, a flag, a setting or a file named needs fixing
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except UserError as err:  # exit 1: a model, the storage or the server needs fixing
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     finally:
         # Exempt what is loaded from the garbage collection at interpreter exit: with torch,

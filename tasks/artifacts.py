@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.manifest import MANIFEST_NAME, Asset, Manifest
+from tasks.manifest import MANIFEST_NAME, Asset, Manifest, cover_alt_text
 from tasks.s3 import UploadReport
 
 TRACE_PICTURES = {
@@ -80,7 +80,8 @@ def summary_markdown(manifest: Manifest, location: str, upload: UploadReport | N
             if caption["flagged"]
             else f"shares with the prompt: {', '.join(caption['shared_words'])}"
         )
-        lines += [f"Cover alt text (BLIP caption): _{caption['text']}_ ({verdict})", ""]
+        alt = cover_alt_text(caption["text"], str(brief.get("models", "")))
+        lines += [f"Cover alt text (BLIP caption): _{alt}_ ({verdict})", ""]
     lines += [licence_line(manifest), ""]
     lines += ["| asset | role | size | details | sha256 |", "|---|---|---|---|---|"]
     for a in manifest.assets:

@@ -8,6 +8,7 @@ for the profile. Given, they are checked by the engine against what its pipeline
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.engines import ROLES, Engine, UnknownEngine, check_params, default_engine, engine, engines_for
+from tasks.errors import InputError
 
 Profile = Literal["tiny", "full"]
 
@@ -76,6 +78,8 @@ class CoverSpec(_Section):
     def _font_readable(cls, v: Path | None) -> Path | None:
         if v is None:
             return v
+        if Path(v).is_dir():
+            raise ValueError(f"{v} is a folder: give a .ttf or .otf font file")
         if not Path(v).is_file():
             raise ValueError(f"font file {v} does not exist")
         from PIL import ImageFont
@@ -129,6 +133,8 @@ class Brief(_Strict):
     def _strip(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise ValueError("must not be blank")
+        if v is not None and (found := control_characters(v)):
+            raise ValueError(f"holds invisible control characters {found}; remove them")
         return v.strip() if v is not None else v
 
     @model_validator(mode="after")
@@ -156,8 +162,52 @@ class Brief(_Strict):
         return found
 
 
-class BriefError(ValueError):
+# Whitespace that word wrapping turns into spaces; every other Cc/Cf character is refused in cover text.
+_WRAPPED_WHITESPACE = frozenset("\t\n\r")
+# Zero-width (non-)joiners are Cf but part of ordinary Persian and Indic spelling: kept, the font check decides.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def control_characters(text: str) -> str:
+    """The control and format characters in cover text, e.g. "U+202E (RIGHT-TO-LEFT OVERRIDE)"; '' when none.
+
+    Bidi overrides, zero-width spaces and terminal escapes would reorder, hide or garble what is printed.
+    """
+    found = dict.fromkeys(
+        ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf") and ch not in _WRAPPED_WHITESPACE | _JOINERS
+    )
+    return ", ".join(f"U+{ord(ch):04X} ({unicodedata.name(ch, 'a control character')})" for ch in found)
+
+
+class BriefError(InputError):
     """A brief a person wrote is wrong; the message names the field and the fix."""
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a file a person named (`what`: "brief file", ...), or a BriefError naming it and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise BriefError(f"{what} {path} is a folder: give a .yaml, .yml or .json file")
+    if not path.exists():
+        raise BriefError(f"{what} {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BriefError(f"{what} {path} cannot be read ({err.strerror})") from None
+    if b"\0" in data:  # UTF-16 text or a binary (an image, an archive): YAML would report it cryptically
+        raise BriefError(f"{what} {path} is a binary file, not text: give a UTF-8 .yaml, .yml or .json file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BriefError(f"{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where it is."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -184,13 +234,14 @@ def parse_brief(data: dict) -> Brief:
 def load_brief_file(path: Path) -> dict:
     """Read a brief as a dict from a .json, .yaml or .yml file."""
     path = Path(path)
-    if not path.is_file():
-        raise BriefError(f"brief file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "brief file")
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise BriefError(f"brief file {path} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {err}") from None
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise BriefError(f"brief file {path} is not valid JSON: {err}") from None
+    except yaml.YAMLError as err:
+        raise BriefError(f"brief file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise BriefError(f"brief file {path} must hold a mapping of fields (title, author, ...)")
     return data
@@ -202,13 +253,13 @@ def load_briefs_file(path: Path) -> list[tuple[str, Brief | BriefError]]:
     one bad entry does not stop the others.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BriefError(f"briefs file {path} does not exist")
+    text = read_text_file(path, "briefs file")
     entries: list[tuple[str, dict | BriefError]] = []
     if path.suffix.lower() == ".csv":
         import csv
+        import io
 
-        with open(path, newline="", encoding="utf-8") as fh:
+        with io.StringIO(text, newline="") as fh:
             for row_no, row in enumerate(csv.DictReader(fh), start=2):  # row 1 holds the headers
                 data: dict = {}
                 for header, cell in row.items():
@@ -217,10 +268,13 @@ def load_briefs_file(path: Path) -> list[tuple[str, Brief | BriefError]]:
                         node = data
                         for key in parents:
                             node = node.setdefault(key, {})
-                        node[leaf] = yaml.safe_load(cell)  # "512" -> 512, text stays text
+                        try:
+                            node[leaf] = yaml.safe_load(cell)  # "512" -> 512, text stays text
+                        except yaml.YAMLError:  # "a: b: c" is text too, not a crash of the whole batch
+                            node[leaf] = cell
                 entries.append((f"{path.name}:{row_no}", data))
     else:
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:

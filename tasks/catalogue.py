@@ -17,7 +17,16 @@ from tasks.brief import Brief
 from tasks.energy import OVERLAP_NOTE, estimate
 from tasks.files import sha256_file
 from tasks.generation import Generated
-from tasks.manifest import DISCLOSURE, TINY_NOTE, Asset, AssetLicence, Credentials, Manifest, credentials_note
+from tasks.manifest import (
+    DISCLOSURE,
+    TINY_NOTE,
+    Asset,
+    AssetLicence,
+    Credentials,
+    Manifest,
+    cover_alt_text,
+    credentials_note,
+)
 from tasks.media import probe
 from tasks.prompts import PromptSet
 from tasks.workspace import StepResult
@@ -144,7 +153,7 @@ def make_manifest(
         asset.licences = _licences(file.sources, generated)
         asset.credentials = Credentials(signed=file.signer is not None, signer=file.signer)
         if "cover_caption" in notes and file.sources == ("cover",) and asset.media_type == "image/png":
-            asset.alt_text = notes["cover_caption"]["text"]  # the caption is the cover art's alt text
+            asset.alt_text = cover_alt_text(notes["cover_caption"]["text"], brief.models)  # the caption is the alt text
         assets.append(asset)
     return Manifest(
         bundle_id=bundle,

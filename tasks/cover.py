@@ -10,6 +10,8 @@ darkest) part keeps a WCAG contrast of at least 4.5:1 with the text.
 from __future__ import annotations
 
 import sys
+import unicodedata
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -122,8 +124,67 @@ def layout_text(
     return Layout(lines=placed, box=box, title_size=title_size)
 
 
+# A code point no font maps (plane 16, private use): the font draws its .notdef glyph (an empty box) for it,
+# and for any other character it lacks, whichever layout engine places the glyphs.
+NOTDEF_PROBE = "\U0010fffd"
+GLYPH_PROBE_SIZE = 32
+MAX_NAMED = 10  # characters named in a refusal
+
+
+def _rendering(font, text: str) -> tuple:
+    mask = font.getmask(text)
+    return mask.size, bytes(mask), font.getlength(text)
+
+
+def missing_glyphs(text: str, font) -> list[str]:
+    """The characters of `text` the font would draw as its .notdef box, in order of appearance.
+
+    Whitespace is skipped: word wrapping splits on it and joins the words with plain spaces.
+    """
+    notdef = _rendering(font, NOTDEF_PROBE)
+    return [ch for ch in dict.fromkeys(text) if not ch.isspace() and _rendering(font, ch) == notdef]
+
+
+def _font_for(chars: list[str]) -> str:
+    """A font to suggest for characters the configured one lacks."""
+    names = [unicodedata.name(ch, "") for ch in chars]
+    if any(n.startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO", "IDEOGRAPHIC")) for n in names):
+        return "Noto Sans CJK, Debian's fonts-noto-cjk"
+    if any(unicodedata.category(ch) == "So" for ch in chars):
+        return "Noto Emoji or DejaVu Sans; colour emoji fonts are bitmaps Pillow cannot scale"
+    return "DejaVu Sans, /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf in the Docker image"
+
+
+def check_glyphs(fields: dict[str, str | None], font: str | None) -> None:
+    """Raise BriefError naming the field and the characters when the font cannot draw its text.
+
+    Pillow draws a missing glyph as an empty box, silently; its bundled font covers little beyond ASCII.
+    Right-to-left scripts need raqm (shaping and bidi): without it Pillow draws them unjoined and reversed.
+    """
+    probe = load_font(font, GLYPH_PROBE_SIZE)
+    which = f"the font {Path(font).name}" if font else "Pillow's bundled font (cover.font unset)"
+    for field, text in fields.items():
+        if not text:
+            continue
+        if missing := missing_glyphs(text, probe):
+            named = ", ".join(repr(ch) for ch in missing[:MAX_NAMED])
+            more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
+            raise BriefError(
+                f"{field}: {which} cannot draw {named}{more}; set cover.font to a font that covers them "
+                f"(e.g. {_font_for(missing)})"
+            )
+        rtl = [ch for ch in dict.fromkeys(text) if unicodedata.bidirectional(ch) in ("R", "AL")]
+        if rtl and probe.layout_engine != ImageFont.Layout.RAQM:
+            raise BriefError(
+                f"{field}: right-to-left text ({', '.join(repr(ch) for ch in rtl[:MAX_NAMED])}) needs Pillow's raqm "
+                "layout for shaping and direction, which is not available here (PIL.features.check('raqm') is "
+                "False): install libraqm and libfribidi, or write the field in a left-to-right script"
+            )
+
+
 def check_title_fits(size: tuple[int, int], title: str, author: str, tagline: str | None, font: str | None) -> None:
-    """Raise BriefError now, before any model loads, if the text cannot fit the cover."""
+    """Raise BriefError now, before any model loads, if the font cannot draw the text or it cannot fit the cover."""
+    check_glyphs({"title": title, "tagline": tagline, "author": author}, font)
     layout_text(size, "top", title, author, tagline, font)
 
 
@@ -159,6 +220,7 @@ class TitledCover(StepResult):
 
 def typeset(image: Image.Image, title: str, author: str, tagline: str | None = None, font: str | None = None):
     """Return (titled image, details) for a cover image."""
+    check_glyphs({"title": title, "tagline": tagline, "author": author}, font)
     image = image.convert("RGB")
     width, height = image.size
     pixels = np.asarray(image)

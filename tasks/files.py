@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tasks.errors import InputError
+
 _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)...
 os.umask(_UMASK)  # ...and put back at once, before any task thread runs
 
@@ -38,3 +40,22 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_writable_folder(path: str | Path, name: str, fix: str = "give a folder you can write to") -> None:
+    """Refuse, before any model loads, a folder that cannot be written: a file, a read-only folder,
+    a place under /proc. `name` is the flag or setting that named it. Leaves nothing behind: a
+    folder that does not exist yet is made by the run itself, where a test file is made and removed.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{name}: {path} is a file, not a folder: {fix}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{name}: {existing} is a file, so {path} cannot be made a folder: {fix}")
+    try:  # os.access says yes to root and knows nothing of read-only mounts: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".genbundle-probe-", dir=existing))
+    except OSError as err:
+        raise InputError(f"{name}: cannot write in {existing} ({err.strerror}): {fix}") from None

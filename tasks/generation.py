@@ -19,7 +19,7 @@ from tasks.engines import ROLES, engine
 from tasks.engines.schedulers import use_scheduler
 from tasks.jobs import Job
 from tasks.manifest import EngineRun
-from tasks.models import load_pipeline, runtime
+from tasks.models import load_pipeline, portable_source, runtime
 from tasks.progress import tracked
 from tasks.workspace import Step, StepResult, Workspace
 
@@ -87,8 +87,8 @@ def run_generation(job: Job):
         licence_url=eng.licence.url,
         commercial_use=eng.licence.commercial,
         licence_conditions=eng.licence.conditions,
-        model=job.weights if job.profile == "full" else "tiny random weights (built offline)",
-        model_path=loaded.source,
+        model=portable_source(job.weights) if job.profile == "full" else "tiny random weights (built offline)",
+        model_path=portable_source(loaded.source),  # the manifest travels: no path of this machine
         profile=job.profile,
         scheduler=job.scheduler,
         scheduler_class=scheduler_class,

@@ -25,6 +25,8 @@ TINY_NOTE = (
     "Placeholder outputs: made with the tiny profile (small models with random weights, built offline), "
     "so the images, sound and video are noise-like by design. Use --models full for real assets."
 )
+# The tiny profile's captioner has random weights: its caption is word salad, marked so nobody publishes it.
+PLACEHOLDER_CAPTION = "[placeholder caption from random weights, not a description]"
 UNSIGNED_NOTE = (
     "unsigned: no signing certificate configured (GENBUNDLE_C2PA_CERT and GENBUNDLE_C2PA_KEY), so the files "
     "carry no C2PA content credentials; their disclosure metadata is plain text anyone can strip or forge"
@@ -40,6 +42,11 @@ def credentials_note(signers: list[str | None]) -> str:
     return f"signed: C2PA content credentials by {', '.join(names)}" + (
         f"; {unsigned} file(s) unsigned" if unsigned else ""
     )
+
+
+def cover_alt_text(caption: str, profile: str) -> str:
+    """The cover's alt text: the caption, marked as a placeholder when the tiny profile's captioner wrote it."""
+    return f"{PLACEHOLDER_CAPTION} {caption}" if profile == "tiny" else caption
 
 
 class Credentials(BaseModel):
@@ -60,7 +67,7 @@ class EngineRun(BaseModel):
     commercial_use: bool
     licence_conditions: str = ""
     model: str  # hub id or folder as configured (full), or what the tiny weights are
-    model_path: str  # the folder actually loaded
+    model_path: str  # what was loaded, portably: tiny build folder name, hub-id@revision or local folder name
     profile: str
     scheduler: str
     scheduler_class: str

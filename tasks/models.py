@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tasks import acceleration, tiny_models
 from tasks.engines import Engine, engine
-from tasks.errors import UserError
+from tasks.errors import SettingError, UserError
 from tasks.lazy import MODEL_LOCK, lazy_import
 from tasks.settings import get_settings
 
@@ -61,9 +61,46 @@ def runtime() -> Runtime:
             wanted = get_settings().device
             use_cuda = torch.cuda.is_available() and wanted != "cpu"
             if wanted == "cuda" and not use_cuda:
-                raise ModelNotAvailable("GENBUNDLE_DEVICE=cuda but no CUDA device is visible; set it to auto or cpu")
+                raise SettingError("GENBUNDLE_DEVICE=cuda: no CUDA device is visible here; set it to auto or cpu")
             _runtime = Runtime("cuda", get_settings().dtype) if use_cuda else Runtime("cpu", "float32")
         return _runtime
+
+
+def check_device() -> None:
+    """GENBUNDLE_DEVICE=cuda with no GPU: refused before any model loads (torch is imported only then)."""
+    if get_settings().device == "cuda":
+        runtime()
+
+
+def check_model_cache() -> None:
+    """The tiny profile builds its models under GENBUNDLE_MODEL_CACHE: it must be a folder that can be written."""
+    from tasks.files import check_writable_folder
+
+    check_writable_folder(get_settings().model_cache, "GENBUNDLE_MODEL_CACHE", "point it at a writable folder")
+
+
+def check_prompt_model() -> None:
+    """GENBUNDLE_PROMPT_MODEL: a folder that is not there, or a name that is no hub id, ends here, not after
+    the hub's retries; a hub id missing from the cache is refused here too when the hub is off (HF_HUB_OFFLINE)."""
+    ref = get_settings().prompt_model
+    if not ref or not ref.strip():
+        return
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return
+    if ref.startswith(("/", "./", "../", "~")) or path.exists():
+        raise SettingError(f"GENBUNDLE_PROMPT_MODEL: {ref} is not a folder: point it at a model folder or a hub id")
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise SettingError(
+            f"GENBUNDLE_PROMPT_MODEL: {ref!r} is neither a folder nor a hub id (org/name): fix it or unset it"
+        ) from None
+    if HF_HUB_OFFLINE:
+        weights_source(ref, "prompt model", "GENBUNDLE_PROMPT_MODEL")
 
 
 def _code_hash(*modules) -> str:
@@ -125,6 +162,16 @@ def weights_source(ref: str, what: str, setting: str) -> str:
             f"{what} weights '{ref}' are not in the Hugging Face cache ({_hf_cache()}): "
             f"fetch them with `genbundle models pull --models full`, or point {setting} at a local folder"
         ) from None
+
+
+def portable_source(source: str) -> str:
+    """What a loaded folder is, without this machine's paths (for the manifest): the tiny build's folder name,
+    a Hugging Face cache snapshot as its hub id and revision, any other local folder by its name."""
+    path = Path(source)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        # The hub cache lays a repo out as models--{owner}--{name}/snapshots/{revision}; hub ids never hold "--".
+        return f"{path.parent.parent.name.removeprefix('models--').replace('--', '/')}@{path.name}"
+    return path.name if path.is_absolute() or path.exists() else source
 
 
 def extra_weights_source(engine_name: str, name: str) -> str:

@@ -166,11 +166,12 @@ def signing_key() -> SigningKey | None:
 
 def trust_anchors(path: str | None = None) -> bytes | None:
     """The PEM roots a reader trusts (the argument, else GENBUNDLE_C2PA_TRUST); None when not given."""
+    setting = "--trust" if path else "GENBUNDLE_C2PA_TRUST"  # name what the person typed
     path = (path or get_settings().c2pa_trust or "").strip()
     if not path:
         return None
-    pem = _read(path, "GENBUNDLE_C2PA_TRUST", "a PEM file of trusted root certificates")
-    _certificates(pem, path, "GENBUNDLE_C2PA_TRUST")
+    pem = _read(path, setting, "a PEM file of trusted root certificates")
+    _certificates(pem, path, setting)
     return pem
 
 

@@ -17,6 +17,7 @@ import hashlib
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks.errors import UserError
+from tasks.errors import SettingError, UserError
 from tasks.logs import run_logger
 from tasks.manifest import MANIFEST_NAME, Manifest
 from tasks.page import HTML_TYPE, PAGE_NAME, SHARE_NAME, render_page
@@ -99,7 +100,15 @@ def s3_client(settings: Settings | None = None):
         connect_timeout=settings.s3_connect_timeout,
         max_pool_connections=max(10, settings.s3_concurrency * 4),
     )
-    return session.client("s3", endpoint_url=endpoint, config=config)
+    if endpoint:  # botocore's "Invalid endpoint" would surface as a traceback from deep inside the run
+        parsed = urllib.parse.urlparse(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            name = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+            raise SettingError(f"{name}={endpoint!r} is not a URL: give http(s)://host[:port], or unset it for AWS")
+    try:
+        return session.client("s3", endpoint_url=endpoint, config=config)
+    except ValueError as err:  # e.g. "Provided region_name ... doesn't match a supported format"
+        raise SettingError(f"AWS_REGION: {str(err).rstrip('.')}: give a region such as us-east-1") from None
 
 
 _CREDENTIAL_CODES = {

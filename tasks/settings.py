@@ -9,8 +9,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from tasks.errors import SettingError
+
+ENV_PREFIX = "GENBUNDLE_"
 
 
 def _default_model_cache() -> Path:
@@ -18,7 +22,7 @@ def _default_model_cache() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GENBUNDLE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     out: Path = Field(Path("bundles"), description="Local folder that bundles are stored under.")
     model_cache: Path = Field(
@@ -35,7 +39,10 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The CUDA fast path (tasks/acceleration.py); the CPU always runs float32, whole, uncompiled.
-    dtype: Literal["float16", "bfloat16"] = Field("float16", description="Precision of the pipelines on CUDA.")
+    # float32 is accepted too: full precision on CUDA (twice the memory, slower), what the CPU runs anyway.
+    dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="Precision of the pipelines on CUDA."
+    )
     memory: Literal["auto", "gpu", "model_offload", "sequential_offload"] = Field(
         "auto", description="Where the weights live on CUDA; auto picks by the GPU's memory."
     )
@@ -48,6 +55,7 @@ class Settings(BaseSettings):
         None,
         gt=0,
         le=5000,
+        allow_inf_nan=False,
         description="Power of the generating device, for energy estimates where NVML cannot measure.",
     )
     safety: Literal["on", "off"] = Field("on", description="Run Stable Diffusion's safety checker on the cover.")
@@ -77,7 +85,7 @@ class Settings(BaseSettings):
         "auto", description="auto: path-style when a custom endpoint (AWS_ENDPOINT_URL) is set, virtual-host otherwise."
     )
     s3_max_attempts: int = Field(5, ge=1, le=20, description="Attempts per request, with backoff, on 5xx/throttling.")
-    s3_connect_timeout: float = Field(5.0, gt=0, le=120)
+    s3_connect_timeout: float = Field(5.0, gt=0, le=120, allow_inf_nan=False)
     s3_concurrency: int = Field(4, ge=1, le=32, description="Assets uploaded at once (and parts per asset).")
     s3_part_mb: int = Field(8, ge=5, le=512, description="Multipart threshold and part size, MiB.")
     presign_expiry: int = Field(3600, ge=1, le=604800, description="Seconds a shared (presigned) link stays valid.")
@@ -91,7 +99,44 @@ class Settings(BaseSettings):
         None, description="PEM file of root certificates that `genbundle verify` trusts as signers' anchors."
     )
 
+    @field_validator("out", "model_cache", mode="before")
+    @classmethod
+    def _not_blank(cls, v):
+        # An empty variable would be Path("") == the current folder: silently writing there is a surprise.
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is empty, which would mean the current folder: give a folder")
+        return v
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _default_of(field: str) -> str:
+    info = Settings.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    return "" if default is None or default == {} else f" (default {default})"
+
+
+def describe_settings_error(err: Exception) -> str:
+    """One line naming the environment variable, the value it had, what is allowed and the fix."""
+    if isinstance(err, ValidationError):
+        e = err.errors()[0]
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        value = e.get("input")
+        shown = f"={str(value)[:60]!r}" if isinstance(value, (str, int, float)) else ""
+        msg = e["msg"].removeprefix("Value error, ")
+        return f"{_env_name(field)}{shown}: {msg}; fix it or unset it{_default_of(field)}"
+    # pydantic-settings' own error: a value meant to be JSON (GENBUNDLE_WEIGHTS) that does not parse.
+    field = str(err).split('"')[1] if '"' in str(err) else "?"
+    example = ' e.g. {"sd15": "/models/sd15"}' if field == "weights" else ""
+    return f"{_env_name(field)}: not valid JSON ({err.__cause__ or err}): give a JSON object{example}, or unset it"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings, read once. A bad GENBUNDLE_* variable is a SettingError: one line, exit 2."""
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as err:
+        raise SettingError(describe_settings_error(err)) from None

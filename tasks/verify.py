@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks.errors import InputError
 from tasks.files import sha256_file
 from tasks.manifest import MANIFEST_NAME, Asset, Manifest
 from tasks.provenance import CredentialCheck, read_credentials, trust_anchors
@@ -84,6 +85,10 @@ def verify_bundle(target: str, trust: str | None = None) -> BundleCheck:
                 _check_credentials(manifest, checks, fetched, anchors)
     else:
         folder = Path(target)
+        if not folder.exists():  # the name typed is wrong: not an incomplete bundle
+            raise InputError(f"verify: {folder} does not exist: give a bundle folder or s3://bucket/prefix/<bundle-id>")
+        if not folder.is_dir():
+            raise InputError(f"verify: {folder} is a file: give the bundle's folder (the one holding {MANIFEST_NAME})")
         if not (folder / MANIFEST_NAME).is_file():
             raise StorageError(f"storage: no {MANIFEST_NAME} in {folder}: not a complete bundle")
         manifest = Manifest.read(folder / MANIFEST_NAME)

@@ -41,13 +41,19 @@ def test_defaults_are_the_seed_prompts():
             "sound.duration: Input should be less than or equal to 30",
         ),
         ({"title": "T", "author": "A", "cover": {"scheduler": "heun"}}, "cover.scheduler: Input should be"),
-        ({"title": "T", "author": "A", "cover": {"engine": "dalle"}}, "cover.engine: unknown engine 'dalle'; registered:"),
+        (
+            {"title": "T", "author": "A", "cover": {"engine": "dalle"}},
+            "cover.engine: unknown engine 'dalle'; registered:",
+        ),
         (
             {"title": "T", "author": "A", "cover": {"engine": "audioldm"}},
             "cover.engine: audioldm makes the sound, not the cover; choose sd15",
         ),
         ({"title": "T", "author": "A", "video": {"frames": 500}}, "video.frames: Input should be less than or equal"),
-        ({"title": "T", "author": "A", "cover": {"guidance": "nan"}}, "cover.guidance: Input should be a finite number"),
+        (
+            {"title": "T", "author": "A", "cover": {"guidance": "nan"}},
+            "cover.guidance: Input should be a finite number",
+        ),
         ({"title": "   ", "author": "A"}, "title: must not be blank"),
         (
             {"title": "T", "author": "A", "cover": {"font": "/no/such/font.ttf"}},
@@ -80,7 +86,9 @@ def test_bundle_id_comes_from_the_resolved_jobs_and_the_runtime():
     assert bundle_id(a, "cpu/float32") == bundle_id(parse_brief({"author": "A", "title": "T"}), "cpu/float32")
     assert bundle_id(a, "cpu/float32") != bundle_id(a, "cuda/float16")
     for other in ({"seed": 1}, {"models": "full"}, {"cover": {"engine": "sd15", "steps": 5}}):
-        assert bundle_id(a, "cpu/float32") != bundle_id(parse_brief({"title": "T", "author": "A", **other}), "cpu/float32")
+        assert bundle_id(a, "cpu/float32") != bundle_id(
+            parse_brief({"title": "T", "author": "A", **other}), "cpu/float32"
+        )
     # Naming the default engine, or its default settings, is the same request: the same bundle.
     explicit = parse_brief({"title": "T", "author": "A", "cover": {"engine": "sd15", "steps": 4}})
     assert bundle_id(explicit, "cpu/float32") == bundle_id(a, "cpu/float32")
@@ -102,6 +110,29 @@ def test_unreadable_brief_files(tmp_path):
         load_brief_file(tmp_path / "broken.json")
     with pytest.raises(BriefError, match="does not exist"):
         load_brief_file(tmp_path / "missing.yaml")
+
+
+def test_brief_files_that_are_no_text_are_refused_naming_the_file(tmp_path):
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "image.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (tmp_path / "latin1.yaml").write_bytes("title: Café\nauthor: A\n".encode("latin-1"))
+    (tmp_path / "broken.yaml").write_text("title: [T\nauthor: A\n")
+    expected = {
+        "folder.yaml": "is a folder: give a .yaml, .yml or .json file",
+        "image.yaml": "is a binary file, not text: give a UTF-8 .yaml, .yml or .json file",
+        "latin1.yaml": "is not UTF-8 text (byte 10): save it as UTF-8",
+        "broken.yaml": "is not valid YAML: expected ',' or ']', but got ':' at line 2, column 7",
+    }
+    for name, message in expected.items():
+        with pytest.raises(BriefError) as err:
+            load_brief_file(tmp_path / name)
+        assert str(err.value) == f"brief file {tmp_path / name} {message}"  # one line, PyYAML's several joined
+
+
+def test_a_font_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(BriefError) as err:
+        parse_brief({"title": "T", "author": "A", "cover": {"font": str(tmp_path)}})
+    assert str(err.value) == f"invalid brief: cover.font: {tmp_path} is a folder: give a .ttf or .otf font file"
 
 
 def test_flags_override_the_file(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tasks.caption import caption_cover, faithfulness
+from tasks.manifest import PLACEHOLDER_CAPTION, cover_alt_text
 from tasks.models import ModelNotAvailable, model_source
 from tasks.prompts import content_words
 
@@ -16,7 +17,8 @@ def test_the_cover_has_alt_text_from_the_captioner(tiny_bundle):
     words = content_words(caption["text"]) & content_words(manifest["brief"]["cover"]["prompt"])
     assert caption["text"] and caption["shared_words"] == sorted(words) and caption["flagged"] == (not words)
     covers = [a for a in manifest["assets"] if a["role"] in ("cover", "cover_titled")]
-    assert len(covers) == 2 and all(a["alt_text"] == caption["text"] for a in covers)
+    # Random weights write word salad: the alt text says so, so nobody publishes it as a description.
+    assert len(covers) == 2 and all(a["alt_text"] == f"{PLACEHOLDER_CAPTION} {caption['text']}" for a in covers)
     assert manifest["compute"]["per_step"]["cover_caption"]["seconds"] > 0
 
 
@@ -33,6 +35,22 @@ def test_a_caption_sharing_no_word_with_the_prompt_is_flagged_in_the_bundle(pref
     caption = manifest.post_processing["cover_caption"]
     assert caption["text"] and caption["shared_words"] == [] and caption["flagged"] is True
     assert "**flagged: it shares no content word with the prompt**" in summary_markdown(manifest, location)
+
+
+def test_the_placeholder_caption_is_marked_on_the_page_and_in_the_summary(tiny_bundle):
+    from tasks.artifacts import summary_markdown
+    from tasks.manifest import Manifest
+
+    manifest = Manifest.read(tiny_bundle / "bundle.json")
+    text = manifest.post_processing["cover_caption"]["text"]
+    page = (tiny_bundle / "index.html").read_text()
+    assert f'alt="{PLACEHOLDER_CAPTION} ' in page and f"<q>{PLACEHOLDER_CAPTION} " in page
+    assert f"_{PLACEHOLDER_CAPTION} {text}_" in summary_markdown(manifest, str(tiny_bundle))
+
+
+def test_a_real_captioners_text_is_the_alt_text_as_it_is():
+    assert cover_alt_text("a forest at dusk", "full") == "a forest at dusk"
+    assert cover_alt_text("a forest at dusk", "tiny") == f"{PLACEHOLDER_CAPTION} a forest at dusk"
 
 
 def test_captioning_is_deterministic(tiny_bundle, tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tasks.engines import ROLES, default_engine
 from tasks.files import sha256_file
-from tasks.manifest import DISCLOSURE, TINY_NOTE, Manifest
+from tasks.manifest import DISCLOSURE, PLACEHOLDER_CAPTION, TINY_NOTE, Manifest
 
 
 def _manifest(bundle: Path) -> dict:
@@ -67,6 +67,36 @@ def test_every_asset_records_the_licences_of_the_engines_it_holds(tiny_bundle):
     commercial = {role: default_engine(role).licence.commercial for role in ROLES}
     assert manifest.commercial_use == all(commercial.values())
     assert {a.name: a.commercial_use for a in manifest.assets}["cover.png"] == commercial["cover"]
+
+
+def test_the_manifest_holds_no_path_of_this_machine(tiny_bundle):
+    """A bundle travels (S3, another machine): no model cache, work area or home folder in bundle.json."""
+    from tasks.models import tiny_version
+    from tasks.settings import get_settings
+
+    text = (tiny_bundle / "bundle.json").read_text()
+    cache, work = get_settings().model_cache, tiny_bundle.parent / ".work"
+    for local in (cache, cache.resolve(), work, work.resolve(), tiny_bundle.parent, Path.home()):
+        assert str(local) not in text, local
+    for role, run in _manifest(tiny_bundle)["engines"].items():
+        assert run["model_path"] == tiny_version(run["name"]), role  # the tiny build's folder name
+
+
+@pytest.mark.parametrize(
+    "source, portable",
+    [
+        (
+            "/home/u/.cache/huggingface/hub/models--stabilityai--sdxl-turbo/snapshots/71153311",
+            "stabilityai/sdxl-turbo@71153311",
+        ),
+        ("/srv/weights/my-finetune", "my-finetune"),
+        ("stabilityai/sdxl-turbo", "stabilityai/sdxl-turbo"),
+    ],
+)
+def test_full_weights_are_recorded_without_local_paths(source, portable):
+    from tasks.models import portable_source
+
+    assert portable_source(source) == portable
 
 
 def test_the_titled_cover_differs_from_the_untitled_one(tiny_bundle):
@@ -126,10 +156,11 @@ def _summary(tiny_bundle, upload=None, **caption):
 
 def test_the_summary_shows_the_caption_and_whether_it_is_flagged(tiny_bundle):
     unflagged = _summary(tiny_bundle, text="a glowing forest", shared_words=["forest", "glowing"], flagged=False)
-    assert "Cover alt text (BLIP caption): _a glowing forest_ (shares with the prompt: forest, glowing)" in unflagged
+    alt = f"{PLACEHOLDER_CAPTION} a glowing forest"  # the tiny profile's caption is marked as a placeholder
+    assert f"Cover alt text (BLIP caption): _{alt}_ (shares with the prompt: forest, glowing)" in unflagged
     assert "flagged" not in unflagged
     flagged = _summary(tiny_bundle, text="a bowl of fruit", shared_words=[], flagged=True)
-    assert "_a bowl of fruit_ (**flagged: it shares no content word with the prompt**)" in flagged
+    assert "a bowl of fruit_ (**flagged: it shares no content word with the prompt**)" in flagged
 
 
 def test_the_summary_shows_compute_and_energy(tiny_bundle):

@@ -124,7 +124,7 @@ def test_run_rejects_an_unknown_storage_scheme_before_any_model_loads(tmp_path):
         env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
         timeout=300,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # what was typed is wrong: an input error, like a bad brief
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: storage: 'gs://bucket/covers'") and "GENBUNDLE_STORAGE" in line
     assert not any(tmp_path.iterdir())
