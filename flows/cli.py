@@ -143,11 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    brief = brief_from_args(args)  # a BriefError ends here, before Prefect or any model loads
-    storage, root = check_targets(args.out, args.storage, brief)  # so does an unusable --out or setting
-
+    # Before anything imports Prefect (the checks below do): it reads its logging settings once.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the progress display tells the story
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
+    brief = brief_from_args(args)  # a BriefError ends here, before Prefect or any model loads
+    storage, root = check_targets(args.out, args.storage, brief)  # so does an unusable --out or setting
     from flows.local_prefect import local_prefect
 
     with local_prefect() as server:  # a temporary server starts first: it boots while the rest loads
@@ -273,12 +273,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # before the checks import Prefect (see cmd_run)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from tasks.brief import load_briefs_file
 
     load_briefs_file(args.briefs)  # a missing, binary or non-UTF-8 file ends here; bad entries are reported per row
     check_targets(args.out, args.storage)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.batch import asset_bundle_batch
     from flows.local_prefect import local_prefect
 
