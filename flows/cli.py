@@ -99,7 +99,7 @@ def _progress_display(console, stages: list[str]):
 def _summary_table(location: Path):
     from rich.table import Table
 
-    from tasks.artifacts import asset_details, human_size
+    from tasks.artifacts import human_size
     from tasks.manifest import MANIFEST_NAME, Manifest
 
     manifest = Manifest.read(location / MANIFEST_NAME)
@@ -108,7 +108,7 @@ def _summary_table(location: Path):
         table.add_column(col)
     for a in manifest.assets:
         licences = ", ".join(dict.fromkeys(lic.licence for lic in a.licences)) or "-"
-        table.add_row(a.name, human_size(a.bytes), asset_details(a), licences)
+        table.add_row(a.name, human_size(a.bytes), a.details(), licences)
     return table, manifest
 
 

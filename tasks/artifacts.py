@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.manifest import MANIFEST_NAME, Asset, Manifest, cover_alt_text
+from tasks.manifest import MANIFEST_NAME, Manifest, cover_alt_text
 from tasks.s3 import UploadReport
 
 TRACE_PICTURES = {
@@ -20,19 +20,6 @@ PICTURES = {"cover_titled.png": "titled cover", **TRACE_PICTURES}  # embedded in
 
 def human_size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
-
-
-def asset_details(asset: Asset) -> str:
-    bits = []
-    if asset.width is not None:
-        bits.append(f"{asset.width}x{asset.height}")
-    if asset.duration is not None:
-        bits.append(f"{asset.duration:.2f} s")
-    if asset.fps:
-        bits.append(f"{asset.fps:g} fps")
-    if asset.loudness_lufs is not None:
-        bits.append(f"{asset.loudness_lufs:.1f} LUFS, {asset.true_peak_dbtp:.1f} dBTP")
-    return ", ".join(bits)
 
 
 def licence_line(manifest: Manifest) -> str:
@@ -86,7 +73,7 @@ def summary_markdown(manifest: Manifest, location: str, upload: UploadReport | N
     lines += ["| asset | role | size | details | sha256 |", "|---|---|---|---|---|"]
     for a in manifest.assets:
         name = f"[{a.name}]({upload.links[a.name]})" if upload else a.name
-        lines.append(f"| {name} | {a.role} | {human_size(a.bytes)} | {asset_details(a)} | `{a.sha256[:12]}` |")
+        lines.append(f"| {name} | {a.role} | {human_size(a.bytes)} | {a.details()} | `{a.sha256[:12]}` |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in manifest.timings_seconds.items()]
     lines += [

@@ -117,6 +117,21 @@ class Asset(BaseModel):
     def commercial_use(self) -> bool:
         return all(lic.commercial_use for lic in self.licences)
 
+    def details(self) -> str:
+        """The measured media properties in words (the command line, the UI summary and the page show them)."""
+        bits = []
+        if self.width is not None:
+            bits.append(f"{self.width}x{self.height}")
+        if self.duration is not None:
+            bits.append(f"{self.duration:.2f} s")
+        if self.fps:
+            bits.append(f"{self.fps:g} fps")
+        if self.sample_rate:
+            bits.append(f"{self.sample_rate / 1000:g} kHz, {self.channels} ch")
+        if self.loudness_lufs is not None:
+            bits.append(f"{self.loudness_lufs:.1f} LUFS, {self.true_peak_dbtp:.1f} dBTP")
+        return ", ".join(bits)
+
 
 class ManifestError(UserError):
     pass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import quote
 
-from tasks.manifest import MANIFEST_NAME, Asset, Manifest
+from tasks.manifest import MANIFEST_NAME, Manifest
 
 PAGE_NAME = "index.html"  # in the bundle, written before the manifest; not listed in it (it shows the hashes)
 SHARE_NAME = "share.html"  # in the store only: the page with presigned links, rewritten at every upload
@@ -57,25 +57,6 @@ TRACE_PICTURES = {
         "a plot of how much signal and how much noise the schedule leaves at each timestep",
     ),
 }
-
-
-def human_size(n: int) -> str:
-    return f"{n:,} bytes" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
-
-
-def _details(a: Asset) -> str:
-    bits = []
-    if a.width is not None:
-        bits.append(f"{a.width}x{a.height}")
-    if a.duration is not None:
-        bits.append(f"{a.duration:.2f} s")
-    if a.fps:
-        bits.append(f"{a.fps:g} fps")
-    if a.sample_rate:
-        bits.append(f"{a.sample_rate / 1000:g} kHz, {a.channels} ch")
-    if a.loudness_lufs is not None:
-        bits.append(f"{a.loudness_lufs:.1f} LUFS, {a.true_peak_dbtp:.1f} dBTP")
-    return ", ".join(bits)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -148,7 +129,7 @@ def render_page(manifest: Manifest, links: Mapping[str, str] | None = None, expi
         )
     if "car_with_sound.mp4" in assets:
         a = assets["car_with_sound.mp4"]
-        label = f"The video clip with the engine sound, {a.duration or 0:.2f} s, {_details(a)}"
+        label = f"The video clip with the engine sound, {a.duration or 0:.2f} s, {a.details()}"
         poster = f' poster="{href("poster.png")}"' if "poster.png" in assets else ""
         size = f' width="{a.width}" height="{a.height}"' if a.width else ""
         media.append(
@@ -234,7 +215,7 @@ def render_page(manifest: Manifest, links: Mapping[str, str] | None = None, expi
         licences = ", ".join(dict.fromkeys(lic.licence for lic in a.licences)) or "-"
         rows.append([
             f'<a href="{href(a.name)}">{escape(a.name)}</a>', escape(a.role), escape(a.media_type),
-            f"{a.bytes:,}", escape(_details(a)), escape(licences), f"<code>{a.sha256}</code>",
+            f"{a.bytes:,}", escape(a.details()), escape(licences), f"<code>{a.sha256}</code>",
         ])  # fmt: skip
     parts += [
         "<h2>Files</h2>",

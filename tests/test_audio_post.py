@@ -1,11 +1,11 @@
 """Loudness normalisation, measured independently with ffmpeg's EBU R128 meter."""
 
 import hashlib
-import re
 
 import numpy as np
 import pytest
 import soundfile as sf
+from ffmpeg_meters import ebur128, ffmpeg_audio_line
 
 from tasks.audio import OUTPUT_RATE, normalise_sound
 from tasks.media import MediaError, run_ffmpeg
@@ -23,15 +23,6 @@ SIGNALS = {
     # sparse clicks on a quiet bed: reaching -14 LUFS needs a limiter to keep the peaks under -1 dBTP
     "spiky": 0.01 * rng.standard_normal(len(t)) + (np.arange(len(t)) % 4000 == 0) * 0.9 * np.sign(np.sin(np.pi * t)),
 }
-
-
-def ebur128(path) -> tuple[float, float]:
-    """Integrated loudness (LUFS) and true peak (dBTP) as ffmpeg measures them."""
-    log = run_ffmpeg(["-i", str(path), "-af", "ebur128=peak=true", "-f", "null", "-"])
-    summary = log[log.rindex("Summary:") :]
-    loudness = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
-    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))
-    return loudness, peak
 
 
 def _raw(tmp_path, samples, name="raw") -> StepResult:
@@ -101,12 +92,6 @@ def _stereo_raw(tmp_path) -> StepResult:
     path = tmp_path / "stereo.wav"
     sf.write(path, _stereo_engine(), STEREO_RATE, subtype="FLOAT")
     return StepResult(path=str(path), key=hashlib.sha256(path.read_bytes()).hexdigest()[:24])
-
-
-def ffmpeg_audio_line(path) -> str:
-    """The audio stream's line in ffmpeg's own report on a file, e.g. 'Audio: aac (LC) ..., 48000 Hz, stereo, ...'."""
-    log = run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-f", "null", "-"])
-    return re.search(r"Stream #0:\d+.*?: Audio: .*", log).group(0)
 
 
 def _rms_db(x: np.ndarray) -> np.ndarray:

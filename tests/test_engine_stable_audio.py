@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,31 +10,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile as sf
+from ffmpeg_meters import ebur128, ffmpeg_audio_line
 
 from tasks.brief import BriefError, parse_brief
 from tasks.engines import engine
-from tasks.media import run_ffmpeg
 
 NAME = "stable-audio-open-1.0"
 
 
 def _brief(**sound):
     return parse_brief({"title": "Engines", "author": "A. Driver", "sound": {"engine": NAME, **sound}})
-
-
-def ebur128(path) -> tuple[float, float]:
-    """Integrated loudness (LUFS) and true peak (dBTP) as ffmpeg's EBU R128 meter measures them."""
-    log = run_ffmpeg(["-i", str(path), "-af", "ebur128=peak=true", "-f", "null", "-"])
-    summary = log[log.rindex("Summary:") :]
-    loudness = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
-    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))
-    return loudness, peak
-
-
-def ffmpeg_audio_line(path) -> str:
-    """The audio stream's line in ffmpeg's report, e.g. 'Audio: aac (LC) ..., 48000 Hz, stereo, fltp, ...'."""
-    log = run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-f", "null", "-"])
-    return re.search(r"Stream #0:\d+.*?: Audio: .*", log).group(0)
 
 
 # --- the engine's constraints ------------------------------------------------------------------
