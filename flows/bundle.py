@@ -18,7 +18,7 @@ from tasks.brief import Brief
 from tasks.caption import load_captioner
 from tasks.catalogue import BundleFile, make_manifest
 from tasks.cover import check_title_fits
-from tasks.cover_finishing import CoverFinish, finish_cover, result_of, submit_task
+from tasks.cover_finishing import CoverFinish, finish_cover, result_of, result_or_first_failure, submit_task
 from tasks.engines import ROLES, engine
 from tasks.generation import Generated, generate
 from tasks.jobs import Job, bundle_id, resolve_jobs
@@ -103,7 +103,10 @@ def finish_all(brief: Brief, generated: dict, finish: CoverFinish, workspace: Wo
     normalised = submit(normalise_sound, sound, workspace, brief.sound.loudness, brief.sound.true_peak)
     muxed = submit(mux_sound_onto_video, video, normalised, workspace)
     poster = submit(make_poster, video, workspace)
-    cover_assets, notes = finish_cover(result_of(generated["cover"]), finish, workspace, submit)
+    cover = result_or_first_failure(generated["cover"], [sound, video])
+    cover_assets, notes = finish_cover(cover, finish, workspace, submit)
+    # A failed generation leaves the steps after it never run: its own error is the one to report.
+    result_of(sound), result_of(video)
     return cover_assets, notes, normalised.result(), muxed.result(), poster.result()
 
 

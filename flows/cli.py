@@ -15,10 +15,12 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
 
+from flows.exit_watch import EXIT_WATCH, interrupted_line
 from tasks.brief import BriefError, load_brief_file, parse_brief
 from tasks.errors import InputError
 
@@ -73,8 +75,8 @@ def brief_from_args(args: argparse.Namespace):
     return parse_brief(data)
 
 
-def _progress_display(console, stages: list[str]):
-    """A live table of stages, fed by the tasks' progress reports."""
+def _progress_display(console, stages: list[str], log_file: Path):
+    """A live table of stages, fed by the tasks' progress reports; a failed stage arms the exit watch."""
     from rich.live import Live
     from rich.table import Table
 
@@ -87,9 +89,17 @@ def _progress_display(console, stages: list[str]):
             table.add_row(marks[status], name, seconds, detail)
         return table
 
-    live = Live(render(), console=console, refresh_per_second=8, transient=False)
+    class ProgressTable(Live):
+        def stop(self) -> None:
+            super().stop()
+            if not console.is_terminal:  # there the last row ends without a newline
+                console.line()
+
+    live = ProgressTable(render(), console=console, refresh_per_second=8, transient=False)
 
     def listener(stage) -> None:
+        if stage.status == "failed":
+            EXIT_WATCH.arm(f"run failed: {stage.name}: {stage.error} (details: {log_file})", 1)
         state[stage.name] = (stage.status, f"{stage.seconds:.2f} s" if stage.status != "running" else "", stage.detail)
         live.update(render())
 
@@ -148,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network to send it to
     brief = brief_from_args(args)  # a BriefError ends here, before Prefect or any model loads
     storage, root = check_targets(args.out, args.storage, brief)  # so does an unusable --out or setting
-    from flows.local_prefect import local_prefect
+    from flows.local_prefect import errors_to_file, local_prefect
 
     with local_prefect() as server:  # a temporary server starts first: it boots while the rest loads
         from flows.bundle import asset_bundle, load_models, preflight, runtime_label
@@ -160,22 +170,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         local = root / bundle_id(brief, runtime_label(False))
         preflight(brief, storage)  # models there, title fits, bucket reachable: errors end here too
+        log_file = run_log_file(root, local.name)
         # Load the models while the server starts; the flow's tasks find them loaded. A load that
         # fails here fails again in its task, which reports it.
         threading.Thread(target=_quietly, args=(load_models, brief), daemon=True).start()
         stages = ["prompts", *ROLES, *FINISHING_STAGES, *(["upload"] if is_s3_url(storage) else [])]
-        live, listener = _progress_display(console, stages)
+        live, listener = _progress_display(console, stages, log_file)
         progress.add_listener(listener)
         try:
-            with live:
+            with live, errors_to_file(log_file):
                 if server:
                     server.wait_ready()
                 location = asset_bundle(brief, out=str(args.out) if args.out else None, storage=storage)
-        except UserError as err:  # already one line that names the fix
-            console.print(f"[red]run failed:[/] {err}", highlight=False, soft_wrap=True)
-            return 1
-        except Exception as err:  # the run failed: one line, the details are in the Prefect logs
-            console.print(f"[red]run failed:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
+        except Exception as err:  # the run failed: one line; the tracebacks are in the log file
+            reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            details = f" (details: {log_file})" if log_file.exists() else ""
+            console.print(f"[red]run failed:[/] {_one_line(reason)}{details}", highlight=False, soft_wrap=True)
             return 1
         finally:
             progress.remove_listener(listener)
@@ -192,6 +202,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_links(console, location, [a.name for a in manifest.assets] + ["bundle.json"])
     print(location)
     return 0
+
+
+def run_log_file(root: Path, name: str) -> Path:
+    """Where a command-line run's errors, with their tracebacks, are written (see errors_to_file)."""
+    from tasks.workspace import WORK_DIR
+
+    folder = root / WORK_DIR / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.log"
 
 
 def _print_links(console, url: str, names: list[str]) -> None:
@@ -508,9 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: Exception | str) -> str:
     """An error's message on one line (a library's message may hold several)."""
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C and SIGTERM (a scheduler, `docker stop`, `kill`) end a run alike: one line, and the
+    temporary server stopped after the logs are flushed (see flows/exit_watch.py when that is slow)."""
+    raise KeyboardInterrupt(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -520,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 2
     from tasks.errors import UserError
 
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.command != "engines":  # every other command reads settings: a bad one ends here, exit 2
             from tasks.settings import get_settings
@@ -532,11 +560,29 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:  # exit 1: a model, the storage or the server needs fixing
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the finished steps are kept for a re-run
+        signum = stop.args[0] if stop.args and isinstance(stop.args[0], int) else signal.SIGINT
+        print(interrupted_line(signum), file=sys.stderr)
+        return 128 + signum
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         # Exempt what is loaded from the garbage collection at interpreter exit: with torch,
         # diffusers and Prefect imported, that collection alone took 2.7 s (0.35 s frozen).
         gc.freeze()
 
 
+def entry() -> None:
+    """The `genbundle` command. A failed or interrupted run exits at once: generations still
+    running in the flow's worker threads cannot be interrupted, and a normal exit waits for them."""
+    EXIT_WATCH.enable()
+    code = main()
+    if code in (1, 130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

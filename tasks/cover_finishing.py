@@ -7,6 +7,8 @@ the bundle flow finds the model steps finished in the work area.
 
 from __future__ import annotations
 
+import queue
+
 from pydantic import BaseModel
 
 from tasks.brief import Brief
@@ -60,6 +62,20 @@ def submit_task(task, *args):
 def result_of(value):
     """A future's result, or the value itself when it was made elsewhere (dispatched)."""
     return value.result() if hasattr(value, "result") else value
+
+
+def result_or_first_failure(wanted, others: list):
+    """`wanted`'s result; but if one of `others` (futures, or plain values) fails first, its error
+    at once: a run whose video failed ends then, not after the cover's work is done."""
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    for future in {id(f): f for f in [wanted, *others] if hasattr(f, "add_done_callback")}.values():
+        future.add_done_callback(finished.put)
+    while hasattr(wanted, "add_done_callback"):
+        done = finished.get()
+        result_of(done)  # a failed one raises its error here
+        if done is wanted:
+            break
+    return result_of(wanted)
 
 
 def finish_cover(cover: Generated, finish: CoverFinish, workspace: Workspace, submit=submit_task) -> tuple[dict, dict]:

@@ -19,6 +19,7 @@ class Stage:
     status: str = "running"  # "running" | "done" | "failed"
     seconds: float = 0.0
     detail: str = ""  # a short result a person may want to see, e.g. bytes uploaded
+    error: str = ""  # why a failed stage failed, on one line
 
 
 Listener = Callable[[Stage], None]
@@ -53,8 +54,9 @@ def tracked(name: str) -> Iterator[Stage]:
     _report(stage)
     try:
         yield stage
-    except BaseException:
+    except BaseException as err:
         stage.status, stage.seconds = "failed", time.perf_counter() - start
+        stage.error = " ".join(f"{type(err).__name__}: {err}".split())
         _report(stage)
         raise
     stage.status, stage.seconds = "done", time.perf_counter() - start

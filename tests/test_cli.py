@@ -59,6 +59,7 @@ def test_run_makes_a_bundle_and_prints_where(tmp_path):
     assert manifest["brief"]["seed"] == 5 and len(manifest["assets"]) == ASSET_COUNT
     assert "car_with_sound.mp4" in result.stderr  # the summary table
     assert "Placeholder outputs" in result.stderr
+    assert "Error logging to API" not in result.stderr  # the logs reached the temporary server before it stopped
 
 
 def test_a_title_too_long_for_the_cover_is_refused_before_generation(tmp_path):
