@@ -8,6 +8,7 @@ Each node is a helper below (or a task in tasks/); the flow body reads like that
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 
@@ -17,6 +18,7 @@ from tasks.audio import normalise_sound
 from tasks.brief import Brief
 from tasks.caption import load_captioner
 from tasks.catalogue import BundleFile, make_manifest
+from tasks.cost_limits import check_cost_limits
 from tasks.cover import check_title_fits
 from tasks.cover_finishing import CoverFinish, finish_cover, result_of, result_or_first_failure, submit_task
 from tasks.engines import ROLES, engine
@@ -32,6 +34,7 @@ from tasks.provenance import check_signing, sign_assets
 from tasks.s3 import check_bucket, is_s3_url, parse_s3_url
 from tasks.safety import load_safety_checker, safety_checker_folder
 from tasks.settings import get_settings
+from tasks.space import check_free_space, estimate_bundle_bytes
 from tasks.storage import out_root, storage_target, store_bundle, upload_bundle
 from tasks.trace import TRACE_ROLES
 from tasks.video import make_poster, mux_sound_onto_video
@@ -46,15 +49,17 @@ def runtime_label(dispatch: bool) -> str:
     return f"{rt.device}/{rt.dtype_name}"
 
 
-def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) -> None:
-    """What can be checked before any model loads: the prompt policy, the title fits the cover,
-    the weights are there, the bucket is reachable.
+def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False, out: Path | None = None) -> None:
+    """What can be checked before any model loads: the prompt policy, the jobs within their engines'
+    cost limits, the title fits the cover,
+    the weights are there, the bucket is reachable, the output folder `out` has room for the bundle.
 
     Dispatched, the weights are not looked for here: the GPU pools load every model (the cover's
     pool the safety checker and captioner too) and a worker without them fails its job, saying so.
     """
     check_prompt_policy(brief)
     check_licences(brief)
+    check_cost_limits(resolve_jobs(brief).values())  # a 2048x2048 cover is refused, unless large jobs are allowed
     check_prompt_model()  # a bad GENBUNDLE_PROMPT_MODEL: now, not after the hub's retries
     check_signing()  # GENBUNDLE_C2PA_CERT/KEY: both or neither, readable, matching, accepted by c2pa
     cover = resolve_jobs(brief)["cover"]
@@ -72,6 +77,8 @@ def preflight(brief: Brief, storage: str | None = None, dispatch: bool = False) 
             safety_checker_folder("full")
     if is_s3_url(storage):
         check_bucket(parse_s3_url(storage))
+    if out is not None:
+        check_free_space(out, estimate_bundle_bytes(resolve_jobs(brief)), "the output folder (--out, GENBUNDLE_OUT)")
 
 
 def load_models(brief: Brief) -> None:
@@ -164,7 +171,7 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     started = time.perf_counter()
     storage = storage_target(storage)
     out = str(out_root(out, storage))  # a local storage setting is the same as --out
-    preflight(brief, storage, dispatch)
+    preflight(brief, storage, dispatch, Path(out))
     workspace = Workspace.for_storage(out, storage)
     bundle = bundle_id(brief, runtime_label(dispatch))
     logger.info("bundle %s, models %s", bundle, brief.models)
@@ -186,14 +193,17 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     with tracked("manifest"):
         manifest = make_manifest(bundle, brief, prompts, generated, files, notes, timings)
     page = render_page(manifest)  # index.html, the bundle's page: shows the manifest's hashes, stored before it
-    with tracked("store"):
-        location = store_bundle(manifest, paths_by_name(manifest, files), out, page)
     upload = None
-    if is_s3_url(storage):
-        with tracked("upload") as stage:
-            upload = upload_bundle(location, storage)
-            stage.detail = upload.summary()
-        logger.info("%s: %s", upload.url, stage.detail)
-    publish_summary(location, upload)
+    # Two runs of one brief at once (a schedule and a trigger) store and upload it in turn: the second
+    # finds the first's bundle complete and changes nothing, instead of replacing files the first uploads.
+    with workspace.lock(bundle):
+        with tracked("store"):
+            location = store_bundle(manifest, paths_by_name(manifest, files), out, page)
+        if is_s3_url(storage):
+            with tracked("upload") as stage:
+                upload = upload_bundle(location, storage)
+                stage.detail = upload.summary()
+            logger.info("%s: %s", upload.url, stage.detail)
+    publish_summary(manifest, location, upload)
     logger.info("bundle stored at %s", upload.url if upload else location)
     return upload.url if upload else location

@@ -1,6 +1,6 @@
 """The `genbundle` command line: run a bundle, fetch models.
 
-    genbundle run [BRIEF.yaml|json] [--title ... --author ... --seed N --models tiny|full --out DIR]
+    genbundle run [BRIEF.yaml|json] [--title ... --author ... --seed N --models tiny|full --out DIR --allow-large]
     genbundle models pull --models tiny|full
 
 Exit codes: 0 done, 1 the run failed (or full models, the bucket or the server are missing), 2 the
@@ -23,6 +23,7 @@ from pathlib import Path
 from flows.exit_watch import EXIT_WATCH, interrupted_line
 from tasks.brief import BriefError, load_brief_file, parse_brief
 from tasks.errors import InputError
+from tasks.progress import BRIEF_STAGE
 
 FINISHING_STAGES = ["safety", "title", "caption", "trace", "normalise", "mux", "poster", "manifest", "store"]
 
@@ -165,11 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from tasks import progress
         from tasks.engines import ROLES
         from tasks.errors import UserError
-        from tasks.jobs import bundle_id
+        from tasks.jobs import bundle_id, resolve_jobs
         from tasks.s3 import is_s3_url
+        from tasks.space import disk_full, estimate_bundle_bytes
 
         local = root / bundle_id(brief, runtime_label(False))
-        preflight(brief, storage)  # models there, title fits, bucket reachable: errors end here too
+        preflight(brief, storage, out=root)  # models there, title fits, bucket reachable, room on disk
         log_file = run_log_file(root, local.name)
         # Load the models while the server starts; the flow's tasks find them loaded. A load that
         # fails here fails again in its task, which reports it.
@@ -183,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     server.wait_ready()
                 location = asset_bundle(brief, out=str(args.out) if args.out else None, storage=storage)
         except Exception as err:  # the run failed: one line; the tracebacks are in the log file
+            err = disk_full(err, root, estimate_bundle_bytes(resolve_jobs(brief))) or err
             reason = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
             details = f" (details: {log_file})" if log_file.exists() else ""
             console.print(f"[red]run failed:[/] {_one_line(reason)}{details}", highlight=False, soft_wrap=True)
@@ -296,27 +299,60 @@ def cmd_batch(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from tasks.brief import load_briefs_file
 
-    load_briefs_file(args.briefs)  # a missing, binary or non-UTF-8 file ends here; bad entries are reported per row
-    check_targets(args.out, args.storage)
-    from flows.batch import asset_bundle_batch
-    from flows.local_prefect import local_prefect
+    entries = load_briefs_file(args.briefs)  # a missing, binary or non-UTF-8 file ends here; bad rows are reported
+    _, root = check_targets(args.out, args.storage)
+    # Before Prefect and the models load (tens of seconds on a cold machine): say that it started.
+    print(f"batch: {len(entries)} briefs from {args.briefs}, up to {args.max_concurrency} at a time; "
+          "starting Prefect and loading the models", file=sys.stderr, flush=True)  # fmt: skip
+    from flows.batch import asset_bundle_batch, batch_report
+    from flows.local_prefect import errors_to_file, local_prefect
+    from tasks import progress
 
     out = str(args.out) if args.out else None
-    with local_prefect() as server:
-        if server:
-            server.wait_ready()
-        state = asset_bundle_batch(
-            str(args.briefs), out=out, storage=args.storage, max_concurrency=args.max_concurrency,
-            dispatch=args.dispatch, return_state=True,
-        )  # fmt: skip
-    report = state.result(raise_on_failure=False)
-    if not isinstance(report, list):  # the batch itself could not start (e.g. no such file)
+    listener = _batch_progress(len(entries))
+    progress.add_listener(listener)
+    log_file = run_log_file(root, f"batch-{args.briefs.stem}")
+    try:
+        with local_prefect() as server, errors_to_file(log_file):
+            if server:
+                server.wait_ready()
+            state = asset_bundle_batch(
+                str(args.briefs), out=out, storage=args.storage, max_concurrency=args.max_concurrency,
+                dispatch=args.dispatch, return_state=True,
+            )  # fmt: skip
+    finally:
+        progress.remove_listener(listener)
+    if log_file.exists():
+        print(f"the failures' details: {log_file}", file=sys.stderr)
+    report = batch_report(state)
+    if report is None:  # the batch itself could not start (e.g. no such file)
         print(f"error: {state.message}", file=sys.stderr)
         return 1
     for row in report:
         print(f"{row['status']:8} {row['brief']}  {row['detail']}")
     print(state.message)
     return 0 if state.is_completed() else 1
+
+
+def _batch_progress(total: int):
+    """One line per brief as it starts and ends (the batch flow reports each as a stage "brief <label>")."""
+    finished = 0
+    lock = threading.Lock()
+
+    def listener(stage) -> None:
+        nonlocal finished
+        if not stage.name.startswith(BRIEF_STAGE):
+            return  # the bundles' own stages: too many to follow in a batch
+        label = stage.name.removeprefix(BRIEF_STAGE)
+        with lock:
+            if stage.status == "running":
+                line = f"started  {label}"
+            else:
+                finished += 1
+                line = f"{stage.status:8} {label} ({stage.seconds:.1f} s) [{finished}/{total}]"
+            print(line, file=sys.stderr, flush=True)
+
+    return listener
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -450,6 +486,15 @@ def _brief_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, help="seconds of engine sound")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any brief field, e.g. cover.steps=30")
     parser.add_argument("--out", type=_path, help="folder to store bundles in (default ./bundles or GENBUNDLE_OUT)")
+    _allow_large_argument(parser)
+
+
+def _allow_large_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run jobs over their engine's comfortable sizes, frames, steps or seconds (GENBUNDLE_ALLOW_LARGE=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,13 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dispatch", action="store_true", help="generate on the GPU work pools (needs workers)")
     batch.add_argument("--out", type=_path)
     batch.add_argument("--storage")
+    _allow_large_argument(batch)
     batch.set_defaults(func=cmd_batch)
 
     deploy = sub.add_parser("deploy", help="create the work pools, the gpu limit and the deployments on the server")
     deploy.add_argument("--pool-type", choices=["process", "docker", "kubernetes"], default="process")
     deploy.add_argument(
-        "--gpu-slots", type=int, default=1,
-        help="generation tasks at once across the whole server, and flow runs at once per GPU pool (default 1)",
+        "--gpu-slots", type=int,
+        help="generation tasks at once across the whole server, and flow runs at once per GPU pool"
+        " (applied to existing limits too; without it, existing limits are kept and new ones get 1)",
     )  # fmt: skip
     deploy.set_defaults(func=cmd_deploy)
 
@@ -549,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if getattr(args, "allow_large", False):  # before the settings are read: the flag is the setting
+            from tasks.settings import allow_large_jobs
+
+            allow_large_jobs()
         if args.command != "engines":  # every other command reads settings: a bad one ends here, exit 2
             from tasks.settings import get_settings
 

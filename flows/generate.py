@@ -186,7 +186,7 @@ def dispatch_generations(
                 )
             else:
                 _record(notes[role][i], Dispatched, made=outcome.key)
-                results[role][i] = made
+                results[role][i] = made.model_copy(update={"reused": False})  # made for this run, read back
     return results
 
 

@@ -26,12 +26,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
 
 from tasks.errors import UserError
+from tasks.files import exclusive_lock
 
 STARTUP_TIMEOUT_S = 90.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -48,14 +49,23 @@ def _detach() -> None:
 class TemporaryServer:
     """A Prefect API server in a subprocess, for this process's runs only."""
 
+    _starting: ExitStack | None = None  # holds the start lock until the server answers
+
     def __init__(self) -> None:
         from prefect.settings import get_current_settings
 
+        # Two servers starting at once on a database not yet made (or not yet upgraded) both
+        # migrate it and one dies ("duplicate column"): each starts once the one before answers.
+        self._starting = ExitStack()
+        self._starting.enter_context(exclusive_lock(Path(get_current_settings().home) / "genbundle-server-start.lock"))
         with socket.socket() as probe:  # a free port; Prefect picks its own the same way
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         env = os.environ | get_current_settings().to_environment_variables(exclude_unset=True)
         env |= {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        # SQLite's wait for a locked database, 10 s by default, after which the API answers 503: on a
+        # loaded 2-core machine one bundle of a 50-brief batch failed so (benchmarks/batch_memory.py).
+        env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
         command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
         self.process = subprocess.Popen(
@@ -64,6 +74,10 @@ class TemporaryServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        with self._starting or nullcontext():
+            self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -78,6 +92,8 @@ class TemporaryServer:
                         "`prefect server start` and set PREFECT_API_URL")  # fmt: skip
 
     def stop(self) -> None:
+        if self._starting:
+            self._starting.close()  # stopped before it was ready (the run failed early)
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
@@ -134,7 +150,7 @@ def errors_to_file(log_file: Path) -> Iterator[Path]:
     root = logging.getLogger()
     consoles = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
     below_error = _BelowError()
-    details = logging.FileHandler(log_file, delay=True, encoding="utf-8")
+    details = _DetailsFile(log_file, delay=True, encoding="utf-8")
     details.setLevel(logging.ERROR)
     details.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for handler in consoles:
@@ -147,6 +163,11 @@ def errors_to_file(log_file: Path) -> Iterator[Path]:
         details.close()
         for handler in consoles:
             handler.removeFilter(below_error)
+
+
+class _DetailsFile(logging.FileHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        """On a full disk the details cannot be written: the run's one line still is, without logging's traceback."""
 
 
 class _BelowError(logging.Filter):

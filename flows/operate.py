@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from tasks.engines import ROLES
@@ -20,6 +20,7 @@ GPU_POOLS = tuple(dict.fromkeys(role.pool for role in ROLES.values()))
 # The generation tasks' tag. A tag concurrency limit counts across the whole server, not per
 # machine or per GPU: for N GPUs, allow N. Per machine: one worker per GPU, started with `--limit`.
 GPU_TAG = "gpu"
+DEFAULT_GPU_SLOTS = 1  # for the limits deploy creates when --gpu-slots is not given
 BRIEF_EVENT = "genbundle.brief.submitted"
 CPU_IMAGE = "genbundle:cpu"  # docker/Dockerfile's CPU flavour; the GPU templates name genbundle:cuda
 
@@ -35,15 +36,14 @@ def _prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def _template(pool_type: str, pool: str, folder: Path) -> Path:
+def _template(pool_type: str, pool: str) -> dict:
     """The pool's base job template: process.json, or for docker and kubernetes the GPU template,
-    which the CPU pool takes with the CPU image and no GPU request (written into `folder`)."""
+    which the CPU pool takes with the CPU image and no GPU request."""
     if pool_type == "process":
-        return POOLS_DIR / "process.json"
-    gpu = POOLS_DIR / f"{pool_type}-gpu.json"
+        return json.loads((POOLS_DIR / "process.json").read_text())
+    template = json.loads((POOLS_DIR / f"{pool_type}-gpu.json").read_text())
     if pool != CPU_POOL:
-        return gpu
-    template = json.loads(gpu.read_text())
+        return template
     variables = template["variables"]["properties"]
     variables["image"]["default"] = CPU_IMAGE
     if pool_type == "docker":
@@ -53,41 +53,97 @@ def _template(pool_type: str, pool: str, folder: Path) -> Path:
         pod["containers"][0]["resources"]["limits"].pop("nvidia.com/gpu")
         pod.pop("tolerations")
         variables.pop("gpu_count")
-    path = folder / f"{pool_type}-cpu.json"
-    path.write_text(json.dumps(template, indent=2))
-    return path
+    return template
 
 
-def deploy(pool_type: str = "process", gpu_slots: int = 1, log=print) -> None:
-    """Create (or update) the work pools, the gpu limits, and every deployment.
+def _add_missing(current: dict, ours: dict) -> tuple[dict, list[str], list[str]]:
+    """`current` (the pool's template on the server) with the job settings and variables only `ours`
+    has added; those it has stay as they are, an operator's edits included (`env`, `image`...).
+    Returns the merged template, the names added, and the names kept that differ from ours."""
+    merged = copy.deepcopy(current)
+    added, differ = [], []
+    sections = (
+        (merged.setdefault("job_configuration", {}), ours["job_configuration"]),
+        (merged.setdefault("variables", {}).setdefault("properties", {}), ours["variables"]["properties"]),
+    )
+    for have, want in sections:
+        for name, value in want.items():
+            if name not in have:
+                have[name] = value
+                added.append(name)
+            elif have[name] != value and name not in differ:
+                differ.append(name)
+    return merged, added, differ
 
-    `gpu_slots` bounds generation tasks at once across the server (the `gpu` tag limit) and
-    flow runs at once per GPU pool (each run holds its own copy of the pool's models).
+
+def deploy(pool_type: str = "process", gpu_slots: int | None = None, log=print) -> None:
+    """Create the work pools and the gpu limit where missing, then create or update every deployment.
+
+    An existing pool keeps what is set on it (job variables such as `env` and `image`, its limit):
+    deploy only adds the job settings and variables its template lacks. `gpu_slots` bounds
+    generation tasks at once across the server (the `gpu` tag limit) and flow runs at once per GPU
+    pool (each run holds its own copy of the pool's models). Given, it is applied to those limits
+    whether they exist or not; not given, the limits deploy creates get DEFAULT_GPU_SLOTS and
+    existing ones are kept.
     """
-    with tempfile.TemporaryDirectory() as folder:
-        for pool in (CPU_POOL, *GPU_POOLS):
-            template = _template(pool_type, pool, Path(folder))
-            _prefect(
-                "work-pool", "create", pool, "--type", pool_type, "--base-job-template", str(template), "--overwrite"
-            )
-            if pool != CPU_POOL:
-                _prefect("work-pool", "set-concurrency-limit", pool, str(gpu_slots))
-            log(f"work pool {pool} ({pool_type}{f', {gpu_slots} run(s) at a time' if pool != CPU_POOL else ''})")
-    _set_gpu_limit(gpu_slots)
-    log(f"concurrency limit: {gpu_slots} task(s) tagged '{GPU_TAG}' at a time, across the server")
+    import anyio
+
+    for line in anyio.run(_pools_and_limit, pool_type, gpu_slots):
+        log(line)
     _prefect("--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--all")
     log(f"deployments from {PREFECT_FILE.relative_to(REPO)}")
 
 
-def _set_gpu_limit(slots: int) -> None:
-    import anyio
+async def _pools_and_limit(pool_type: str, gpu_slots: int | None) -> list[str]:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
 
-    async def upsert():
-        async with get_client() as client:
-            await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
+    done = []
+    async with get_client() as client:
+        for pool in (CPU_POOL, *GPU_POOLS):
+            template = _template(pool_type, pool)
+            limit = None if pool == CPU_POOL else gpu_slots
+            try:
+                existing = await client.read_work_pool(pool)
+            except ObjectNotFound:
+                if pool != CPU_POOL and limit is None:
+                    limit = DEFAULT_GPU_SLOTS
+                created = WorkPoolCreate(name=pool, type=pool_type, base_job_template=template, concurrency_limit=limit)
+                await client.create_work_pool(created)
+                done.append(f"work pool {pool} ({pool_type}, created{_runs(limit)})")
+                continue
+            if existing.type != pool_type:  # a pool's type cannot change; replacing it would drop its settings
+                raise UserError(
+                    f"work pool {pool} is a {existing.type} pool, not {pool_type}: deploy with --pool-type"
+                    f" {existing.type}, or delete it first (`prefect work-pool delete {pool}`) to recreate it"
+                )
+            merged, added, differ = _add_missing(existing.base_job_template, template)
+            update = {"base_job_template": merged} if added else {}
+            if limit is not None and limit != existing.concurrency_limit:
+                update["concurrency_limit"] = limit
+            if update:
+                await client.update_work_pool(pool, WorkPoolUpdate(**update))
+            notes = [f"added {', '.join(added)}"] if added else []
+            notes += [f"kept the server's {', '.join(differ)}"] if differ else []
+            limit = existing.concurrency_limit if limit is None else limit
+            done.append(f"work pool {pool} ({pool_type}, exists{''.join(f'; {n}' for n in notes)}{_runs(limit)})")
 
-    anyio.run(upsert)
+        try:
+            slots = (await client.read_concurrency_limit_by_tag(GPU_TAG)).concurrency_limit
+            how = "kept"
+        except ObjectNotFound:
+            slots, how = DEFAULT_GPU_SLOTS, "created"
+        if gpu_slots is not None:
+            slots, how = gpu_slots, "set"
+        if how != "kept":
+            await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)  # creates or updates
+        done.append(f"concurrency limit ({how}): {slots} task(s) tagged '{GPU_TAG}' at a time, across the server")
+    return done
+
+
+def _runs(limit: int | None) -> str:
+    return "" if limit is None else f"; {limit} run(s) at a time"
 
 
 def _brief_hash(brief) -> str:

@@ -8,11 +8,13 @@ The memory policy is chosen by the GPU memory free when the pipeline is placed:
 - `model_offload`: each model moves to the GPU only while it runs (accelerate hooks);
 - `sequential_offload`: each layer moves to the GPU only while it runs (slowest, least memory).
 Offload is enabled instead of `.to("cuda")`, never after it: a pipeline already on the GPU keeps
-its weights there.
+its weights there. A generation that runs out of GPU memory anyway is retried once under the next
+lighter policy (tasks/generation.py).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 from tasks.settings import get_settings
@@ -45,14 +47,33 @@ def choose_memory_policy(total: int, largest: int, headroom: int, free: int) -> 
     return "sequential_offload"
 
 
-def place(pipe, engine, device: str) -> str:
-    """Put the pipeline on its device with the engine's fast path applied; returns the memory policy used."""
+def lighter_policy(policy: str) -> str | None:
+    """The policy after this one in POLICIES (less on the GPU, slower); None after the last, and on the CPU."""
+    if policy not in POLICIES[:-1]:
+        return None
+    return POLICIES[POLICIES.index(policy) + 1]
+
+
+def release_gpu_memory() -> None:
+    """Give back the GPU memory of tensors no longer referenced: collected (pipelines and hooks hold
+    reference cycles), then returned from torch's cache so the next placement can use it."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def place(pipe, engine, device: str, policy: str | None = None) -> str:
+    """Put the pipeline on its device with the engine's fast path applied; returns the memory policy used.
+
+    `policy` forces one (a retry after running out of memory); otherwise GENBUNDLE_MEMORY decides."""
     if device != "cuda":
         return "cpu"
     import torch
 
     settings = get_settings()
-    policy = settings.memory
+    policy = policy or settings.memory
     if policy == "auto":
         free, _ = torch.cuda.mem_get_info()
         policy = choose_memory_policy(*weight_bytes(pipe), int(engine.vram_headroom_gib * GIB), free)

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.manifest import MANIFEST_NAME, Manifest, cover_alt_text
+from tasks.manifest import Manifest, cover_alt_text
 from tasks.s3 import UploadReport
 
 TRACE_PICTURES = {
@@ -74,7 +74,11 @@ def summary_markdown(manifest: Manifest, location: str, upload: UploadReport | N
     for a in manifest.assets:
         name = f"[{a.name}]({upload.links[a.name]})" if upload else a.name
         lines.append(f"| {name} | {a.role} | {human_size(a.bytes)} | {a.details()} | `{a.sha256[:12]}` |")
-    lines += ["", "| stage | seconds |", "|---|---|"]
+    reused = sorted(role for role, how in manifest.steps.items() if how == "reused")
+    lines += ["", f"This run made {len(manifest.steps) - len(reused)} of {len(manifest.steps)} assets' steps"]
+    if reused:
+        lines[-1] += f"; found finished by an earlier run: {', '.join(reused)}"
+    lines += ["", "| stage (this run) | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in manifest.timings_seconds.items()]
     lines += [
         "",
@@ -101,9 +105,11 @@ def summary_markdown(manifest: Manifest, location: str, upload: UploadReport | N
 
 
 @task(name="publish-summary")
-def publish_summary(location: str, upload: UploadReport | None = None) -> str:
-    """Publish the bundle's summary as a markdown artifact keyed by bundle id; returns its markdown."""
-    manifest = Manifest.read(Path(location) / MANIFEST_NAME)
+def publish_summary(manifest: Manifest, location: str, upload: UploadReport | None = None) -> str:
+    """Publish the bundle's summary as a markdown artifact keyed by bundle id; returns its markdown.
+
+    From this run's manifest, not the stored one: a bundle already stored is kept as it was (same
+    brief, same files), and its manifest holds the earlier run's timings and steps."""
     markdown = summary_markdown(manifest, location, upload)
     create_markdown_artifact(key=f"bundle-{manifest.bundle_id}"[:100], markdown=markdown, description="Asset bundle")
     return markdown

@@ -85,6 +85,14 @@ def finish_cover(cover: Generated, finish: CoverFinish, workspace: Workspace, su
     no cover assets at all. `submit(task, *args)` starts a task and returns something with
     `.result()`: Prefect's task runs, or threads in the plain-function benchmark.
     """
+    assets, notes = _finish_cover(cover, finish, workspace, submit)
+    if not cover.reused:  # steps from a cover this run made are this run's too (dispatched: made on the cover's pool)
+        assets = {role: asset.model_copy(update={"reused": False}) for role, asset in assets.items()}
+        notes = {name: note | {"reused": False} if "reused" in note else note for name, note in notes.items()}
+    return assets, notes
+
+
+def _finish_cover(cover: Generated, finish: CoverFinish, workspace: Workspace, submit) -> tuple[dict, dict]:
     profile, notes, published, flagged = cover.engine.profile, {}, cover, False
     if finish.safety:
         verdict = submit(check_cover_safety, cover, profile, workspace, finish.safety_action).result()

@@ -1,6 +1,8 @@
 """Writing files so that a crash never leaves a half-written one that looks finished; hashing them.
 
-Every file is written under a temporary name beside its final one and renamed into place.
+Every file is written under a temporary name beside its final one and renamed into place; the
+temporary names are unique, so two processes writing the same file never share one. A folder
+made whole is filled as a temporary folder beside it. A lock makes two processes take turns.
 """
 
 from __future__ import annotations
@@ -32,6 +34,32 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def temp_folder_beside(final: Path) -> Path:
+    """A new, empty, uniquely named folder beside `final`, to fill and then rename to `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700; finished folders get the usual permissions
+    return Path(folder)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing) for the block: another holder waits.
+
+    flock: the kernel drops it when the process dies, so a killed run never leaves it held, and
+    it is per open file, so two threads of one process take turns too. The file is left in
+    place: removing it would let a waiting process lock a file nobody else opens any more.
+    """
+    import fcntl  # POSIX only: imported here so the rest of this module imports anywhere
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, also when the block raises
 
 
 def sha256_file(path: Path) -> str:

@@ -2,6 +2,8 @@
 
 The engine (tasks/engines/) says how its pipeline is called and its output written; this module
 loads the pipeline, swaps the scheduler, seeds, meters, and records how the asset was made.
+A generation that runs out of GPU memory is retried once with the pipeline reloaded under the
+next lighter memory policy (gpu -> model_offload -> sequential_offload), then fails with one line.
 """
 
 from __future__ import annotations
@@ -13,18 +15,34 @@ from collections.abc import Callable
 from prefect import task
 
 from tasks import disclosure as disclosure_module
+from tasks.acceleration import lighter_policy
 from tasks.disclosure import Disclosure
 from tasks.energy import metered
-from tasks.engines import ROLES, engine
+from tasks.engines import ROLES, Engine, engine
 from tasks.engines.schedulers import use_scheduler
+from tasks.errors import UserError
 from tasks.jobs import Job
+from tasks.logs import run_logger
 from tasks.manifest import EngineRun
-from tasks.models import load_pipeline, portable_source, runtime
+from tasks.models import LoadedPipeline, load_pipeline, portable_source, reload_pipeline, runtime
 from tasks.progress import tracked
 from tasks.workspace import Step, StepResult, Workspace
 
 # Pipeline invocations in this process, per role: what resuming saves, counted.
 pipeline_calls: Counter[str] = Counter()
+
+
+class OutOfGpuMemory(UserError):
+    """A generation ran out of GPU memory under every memory policy it was given."""
+
+    def __init__(self, job: Job, tried: list[str]):
+        fixes = ["lower its size, frames or steps", "set GENBUNDLE_MEMORY=sequential_offload", "free the GPU"]
+        if "sequential_offload" in tried:  # already the lightest: only a smaller job or a freer GPU helps
+            fixes.remove("set GENBUNDLE_MEMORY=sequential_offload")
+        super().__init__(
+            f"{job.role} engine {job.engine} ran out of GPU memory under {' then '.join(tried)}: "
+            f"{', '.join(fixes[:-1])} or {fixes[-1]} (other processes on it: nvidia-smi)"
+        )
 
 
 class Generated(StepResult):
@@ -56,29 +74,58 @@ def step_progress(job: Job) -> Callable[[int], None]:
     return on_step
 
 
+def call_pipeline(eng: Engine, loaded: LoadedPipeline, job: Job, on_step: Callable[[int], None]):
+    """Run the engine's call under the pipeline's lock: (output, scheduler class, energy), or None when
+    the GPU ran out of memory. Returned, not raised: the error's traceback holds the failed call's frames
+    and their activations on the GPU, which must be gone before a retry can use that memory."""
+    import torch
+
+    rt = runtime()
+    with loaded.lock:
+        use_scheduler(loaded.pipe, job.scheduler)
+        # A CPU generator gives the same noise on any device, so a seed means the same thing everywhere.
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        try:
+            with metered(rt.device) as energy, torch.inference_mode():
+                output = eng.call(loaded.pipe, job, generator, on_step)
+                if rt.device == "cuda":
+                    torch.cuda.synchronize()
+        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
+            return None
+        pipeline_calls[job.role] += 1
+        return output, type(loaded.pipe.scheduler).__name__, energy[0]
+
+
 def run_generation(job: Job):
-    """Load (or reuse) the job's pipeline and run its engine's call under the pipeline's lock.
+    """Load (or reuse) the job's pipeline and run its engine's call; out of GPU memory, once more under
+    the next lighter memory policy.
 
     Returns (output, engine record, load seconds, generation seconds).
     """
-    import torch
-
     eng = engine(job.engine)
     start = time.perf_counter()
     loaded = load_pipeline(job.engine, job.profile, job.weights_override)
     load_seconds = time.perf_counter() - start
     rt = runtime()
     on_step = step_progress(job)
-    with loaded.lock:
-        use_scheduler(loaded.pipe, job.scheduler)
-        # A CPU generator gives the same noise on any device, so a seed means the same thing everywhere.
-        generator = torch.Generator("cpu").manual_seed(job.seed)
-        with metered(rt.device) as energy, torch.inference_mode():
-            output = eng.call(loaded.pipe, job, generator, on_step)
-            if rt.device == "cuda":
-                torch.cuda.synchronize()
-        pipeline_calls[job.role] += 1
-        scheduler_class = type(loaded.pipe.scheduler).__name__
+    diffused = call_pipeline(eng, loaded, job, on_step)
+    if diffused is None:
+        tried = [loaded.memory]
+        lighter = lighter_policy(loaded.memory)
+        if lighter is None:
+            raise OutOfGpuMemory(job, tried)
+        run_logger(__name__).warning(
+            f"{job.role}: engine {job.engine} ran out of GPU memory under {loaded.memory}; "
+            f"retrying once under {lighter}"
+        )
+        del loaded  # the cache's reference goes in the reload; with this one gone its GPU memory is freed
+        start = time.perf_counter()
+        loaded = reload_pipeline(job.engine, job.profile, job.weights_override, lighter)
+        load_seconds += time.perf_counter() - start
+        diffused = call_pipeline(eng, loaded, job, on_step)
+        if diffused is None:
+            raise OutOfGpuMemory(job, [*tried, loaded.memory])
+    output, scheduler_class, energy = diffused
     record = EngineRun(
         name=eng.name,
         title=eng.title,
@@ -99,9 +146,9 @@ def run_generation(job: Job):
         dtype=rt.dtype_name,
         device=rt.device,
         memory=loaded.memory,
-        energy=energy[0],
+        energy=energy,
     )
-    return output, record, load_seconds, energy[0].seconds
+    return output, record, load_seconds, energy.seconds
 
 
 def generation_step(job: Job, workspace: Workspace) -> Step:
@@ -115,7 +162,7 @@ def generation_step(job: Job, workspace: Workspace) -> Step:
     rt = runtime()
     inputs = job.model_dump(mode="json") | {"device": rt.device, "dtype": rt.dtype_name}
     eng = engine(job.engine)
-    code = (*eng.source_modules(), *eng.code, run_generation, generate.fn, disclosure_module)
+    code = (*eng.source_modules(), *eng.code, call_pipeline, run_generation, generate.fn, disclosure_module)
     return workspace.step(job.role, inputs, *code)
 
 

@@ -6,6 +6,7 @@ Probing uses PyAV (there is no ffprobe in that build).
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,6 +31,8 @@ def run_ffmpeg(args: list[str], *, input: bytes | None = None) -> str:
     log = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
         tail = "\n".join(log.strip().splitlines()[-5:])
+        if "No space left on device" in log:  # the disk is full, not the media wrong: say it as Python would
+            raise OSError(errno.ENOSPC, f"No space left on device (ffmpeg): {tail}")
         raise MediaError(f"ffmpeg failed (exit {proc.returncode}): {tail}")
     return log
 

@@ -3,7 +3,8 @@
 Two profiles choose the weights. `full` loads the real models from a local folder or the
 Hugging Face cache; `tiny` builds the same pipeline classes with small random weights once
 (each engine's `build_tiny`), saves them with `save_pretrained`, and from then on loads them
-exactly like `full` does. A loaded pipeline is kept for the life of the process and reused.
+exactly like `full` does. A loaded pipeline is kept for the life of the process and reused (or
+reloaded under a lighter memory policy after a generation runs out of GPU memory).
 
 Besides the engines, a bundle uses two helper models on the cover: the BLIP captioner
 ("caption") and Stable Diffusion's safety checker ("safety").
@@ -251,25 +252,51 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _cache_key(name: str, source: str) -> tuple:
+    rt = runtime()
+    return (name, source, rt.device, rt.dtype_name)
+
+
+def _load(name: str, source: str, profile: str, memory: str | None = None) -> LoadedPipeline:
+    """Load a pipeline from its folder and place it, under `memory` when given; the caller holds MODEL_LOCK."""
+    eng: Engine = engine(name)
+    rt = runtime()
+    _quiet_libraries()
+    cls = lazy_import("diffusers", eng.pipeline_class)
+    logging.getLogger(__name__).debug("loading %s from %s", cls.__name__, source)
+    pipe = cls.from_pretrained(source, dtype=rt.dtype, **eng.load_kwargs)
+    eng.prepare(pipe, source, profile)
+    placed = acceleration.place(pipe, eng, rt.device, memory)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, source, threading.Lock(), placed)
+
+
 def load_pipeline(name: str, profile: str, weights: str | None = None) -> LoadedPipeline:
     """Load (or reuse) an engine's pipeline for a profile, placed on the chosen device."""
-    eng: Engine = engine(name)
     source = model_source(name, profile, weights)
-    rt = runtime()
-    key = (name, source, rt.device, rt.dtype_name)
+    key = _cache_key(name, source)
     with MODEL_LOCK:
-        if key in _loaded:
-            return _loaded[key]
-        _quiet_libraries()
-        cls = lazy_import("diffusers", eng.pipeline_class)
-        logging.getLogger(__name__).debug("loading %s from %s", cls.__name__, source)
-        pipe = cls.from_pretrained(source, dtype=rt.dtype, **eng.load_kwargs)
-        eng.prepare(pipe, source, profile)
-        memory = acceleration.place(pipe, eng, rt.device)
-        pipe.set_progress_bar_config(disable=True)
-        loaded = LoadedPipeline(pipe, source, threading.Lock(), memory)
-        _loaded[key] = loaded
-        return loaded
+        if key not in _loaded:
+            _loaded[key] = _load(name, source, profile)
+        return _loaded[key]
+
+
+def reload_pipeline(name: str, profile: str, weights: str | None, memory: str) -> LoadedPipeline:
+    """Load an engine's pipeline afresh under the memory policy given, in place of the cached one, for this
+    and later jobs. The caller drops its own reference to the old one first, so its GPU memory is freed.
+
+    Reloaded rather than re-placed: a placed pipeline keeps what placement did to it (weights on the GPU, a
+    compiled denoiser, offload hooks), and diffusers does not undo all of that cleanly; a fresh load from the
+    same folder (in the page cache by now) starts from the state every placement assumes."""
+    source = model_source(name, profile, weights)
+    key = _cache_key(name, source)
+    with MODEL_LOCK:
+        if (cached := _loaded.get(key)) is not None and cached.memory == memory:
+            return cached  # another thread's retry got here first
+        _loaded.pop(key, None)
+        acceleration.release_gpu_memory()
+        _loaded[key] = _load(name, source, profile, memory)
+        return _loaded[key]
 
 
 def load_tokenizer(name: str, profile: str, weights: str | None = None):

@@ -23,6 +23,7 @@ class Stage:
 
 
 Listener = Callable[[Stage], None]
+BRIEF_STAGE = "brief "  # a batch reports each brief as the stage "brief <label>"
 
 _listeners: list[Listener] = []
 _lock = threading.Lock()

@@ -250,7 +250,15 @@ class _Uploader:
         return base in (digests.full_b64, digests.composite_b64)
 
     def already_there(self, key: str, size: int, digests: Digests) -> bool:
+        return self._holds(self._head(key), size, digests)
+
+    def other_there(self, key: str, size: int, digests: Digests) -> bool:
+        """Whether an object is there holding other bytes than these."""
         head = self._head(key)
+        return head is not None and not self._holds(head, size, digests)
+
+    def _holds(self, head: dict | None, size: int, digests: Digests) -> bool:
+        """Whether an object (its HEAD answer; None: no object) holds these bytes."""
         if (
             head is None
             or head["ContentLength"] != size
@@ -376,7 +384,8 @@ def upload_bundle_dir(local_dir: Path, target: S3Location, settings: Settings | 
         up.abort_stale_multipart()
         manifest_sha = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
         # A different manifest already there would describe assets about to be replaced: take it down first.
-        if not up.already_there(
+        # Only a different one: another upload of the same bundle may have just put this very manifest.
+        if up.other_there(
             location.key(MANIFEST_NAME), manifest_path.stat().st_size, file_digests(manifest_path, up.part_size)
         ):
             client.delete_object(Bucket=location.bucket, Key=location.key(MANIFEST_NAME))

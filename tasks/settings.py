@@ -5,6 +5,7 @@ Model caches follow HF_HOME, S3 the standard AWS_* variables, Prefect its PREFEC
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -68,6 +69,10 @@ class Settings(BaseSettings):
     )
     blocked_terms: str | None = Field(
         None, description="Comma-separated words or phrases that no prompt, title or tagline may contain."
+    )
+    allow_large: bool = Field(
+        False,
+        description="Run jobs over their engine's comfortable sizes, frames, steps or seconds (as --allow-large does).",
     )
 
     # Storage: bundles are always written under `out`; with an s3:// URL here they are uploaded too.
@@ -140,3 +145,9 @@ def get_settings() -> Settings:
         return Settings()
     except (ValidationError, SettingsError) as err:
         raise SettingError(describe_settings_error(err)) from None
+
+
+def allow_large_jobs() -> None:
+    """What --allow-large does: GENBUNDLE_ALLOW_LARGE=1 for this process, so the flows it runs see it too."""
+    os.environ[_env_name("allow_large")] = "1"
+    get_settings.cache_clear()

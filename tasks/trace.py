@@ -35,6 +35,8 @@ SCHEDULE_NAME = "noise_schedule.png"
 FORWARD_TIMESTEPS = (0, 200, 400, 600, 800, 999)
 FRAMES = 6
 TRACE_ROLES = ("trace_forward", "trace_reverse", "noise_schedule")  # the three pictures' roles in the bundle
+# A filmstrip's width in all, at most: six frames of a 2048-px cover made a 12288-px, 56 MiB picture.
+MAX_STRIP_WIDTH = 2048
 
 
 class ReverseTrace:
@@ -71,9 +73,16 @@ def _decode(pipe, latents) -> Image.Image:
     return Image.fromarray(array)
 
 
+def frame_size(size: tuple[int, int], count: int) -> tuple[int, int]:
+    """A frame's size in a filmstrip of `count`: as made, or scaled down (aspect kept) to fit MAX_STRIP_WIDTH."""
+    width, height = size
+    scale = min(1.0, MAX_STRIP_WIDTH / (width * count))
+    return max(1, int(width * scale)), max(1, round(height * scale))
+
+
 def filmstrip(frames: list[tuple[str, Image.Image]], title: str) -> Image.Image:
-    """Frames side by side, each labelled, under a title line."""
-    width, height = frames[0][1].size
+    """Frames side by side, each labelled, under a title line; no wider than MAX_STRIP_WIDTH."""
+    width, height = frame_size(frames[0][1].size, len(frames))
     label_h = max(14, height // 9)
     strip = Image.new("RGB", (width * len(frames), height + 2 * label_h), "white")
     draw = ImageDraw.Draw(strip)
@@ -84,7 +93,7 @@ def filmstrip(frames: list[tuple[str, Image.Image]], title: str) -> Image.Image:
     font = ImageFont.load_default(size=size)
     draw.text((6, label_h * 0.12), title, font=font, fill="black")
     for i, (label, frame) in enumerate(frames):
-        strip.paste(frame.convert("RGB").resize((width, height)), (i * width, 2 * label_h))
+        strip.paste(frame.convert("RGB").resize((width, height), Image.Resampling.LANCZOS), (i * width, 2 * label_h))
         x = i * width + (width - draw.textlength(label, font=font)) / 2
         draw.text((x, label_h * 1.1), label, font=font, fill="black")
     return strip

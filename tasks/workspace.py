@@ -6,21 +6,28 @@ module that makes it. A step whose folder already holds its `result.json` return
 instead of running again, so a failed or killed run, re-run with the same brief, pays only for
 what had not finished, and changing a prompt, seed or model redoes only what depends on it.
 
-The result file is written last (like a bundle's manifest), so a folder without one is an
-unfinished step and is simply redone. With an s3:// storage target, finished folders are
-mirrored to `<prefix>/.work/` and looked up there too, so steps run by workers on other
-machines share their outputs through the store, never through Prefect task results. When
-the store cannot be reached, a run on one machine carries on with its local folders (one
-warning, then the mirror rests a while); a dispatched run, whose workers hand files over
-only through the mirror, fails instead.
+A step's files and its result file (written last, like a bundle's manifest) are made in a
+folder of the writer's own, renamed to the step's folder once whole: two runs of the same brief
+at once (a schedule and a trigger) may both make a step, the first to finish publishes it, and
+the other takes that result and drops its own, so every reader of a step sees one set of files.
+
+With an s3:// storage target, finished folders are mirrored to `<prefix>/.work/` and looked up
+there too, so steps run by workers on other machines share their outputs through the store,
+never through Prefect task results. When the store cannot be reached, a run on one machine
+carries on with its local folders (one warning, then the mirror rests a while); a dispatched
+run, whose workers hand files over only through the mirror, fails instead.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
+import os
+import shutil
 import time
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -28,7 +35,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from tasks.disclosure import Disclosure
-from tasks.files import atomic_path
+from tasks.files import atomic_path, exclusive_lock, temp_folder_beside
 from tasks.logs import run_logger
 
 RESULT_NAME = "result.json"
@@ -81,6 +88,10 @@ class Workspace(BaseModel):
         """The folder of one step; `code` are the modules and functions whose source shapes its output."""
         return Step(self, kind, step_key(kind, inputs, code))
 
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """A lock for what runs sharing this work area must do in turn (on this machine), held for a `with` block."""
+        return exclusive_lock(Path(self.root) / "locks" / f"{name}.lock")
+
 
 class Step:
     """One step's folder: look for a finished result, or make files and save the result."""
@@ -88,16 +99,23 @@ class Step:
     def __init__(self, workspace: Workspace, kind: str, key: str):
         self.workspace, self.kind, self.key = workspace, kind, key
         self.folder = Path(workspace.root) / kind / key
+        self._staging: Path | None = None  # this writer's own folder, made by the first file()
 
     def file(self, name: str) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self.folder / name
+        """Where to write one of the step's files: in this writer's own folder until save() publishes it."""
+        if self._staging is None:
+            self._staging = temp_folder_beside(self.folder)
+        return self._staging / name
 
     def load(self, model: type[R]) -> R | None:
         """The finished result, from the local folder or else the remote mirror; None if unfinished."""
-        local = self.folder / RESULT_NAME
-        if not local.is_file() and self.workspace.remote:
+        if not (self.folder / RESULT_NAME).is_file() and self.workspace.remote:
             self._mirror(self._download)
+        return self._local(model)
+
+    def _local(self, model: type[R]) -> R | None:
+        """The finished result in the local folder, every file it names there; None if not."""
+        local = self.folder / RESULT_NAME
         if not local.is_file():
             return None
         result = model.model_validate_json(local.read_text(encoding="utf-8"))
@@ -109,13 +127,44 @@ class Step:
         return result.model_copy(update={"path": str(path), "files": files, "reused": True})
 
     def save(self, result: R) -> R:
-        """Record a finished step (result file last) and mirror it when there is a remote."""
-        result = result.model_copy(update={"key": self.key, "reused": False})
-        with atomic_path(self.folder / RESULT_NAME) as tmp:
+        """Record a finished step (result file last), publish its folder and mirror it when there is a remote.
+
+        Returns the result as published: this one, or the one another writer published first.
+        """
+        staging = self.file(RESULT_NAME).parent
+        data = result.model_dump() | {"key": self.key, "reused": False}
+        result = type(result).model_validate(_moved(data, str(staging), str(self.folder)))  # the paths once published
+        with atomic_path(staging / RESULT_NAME) as tmp:
             tmp.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        self._staging = None
+        if (first := self._publish(staging, type(result))) is not None:
+            return first
         if self.workspace.remote:
             self._mirror(self._upload)
         return result
+
+    def _publish(self, staging: Path, model: type[R]) -> R | None:
+        """Rename a whole folder (result file in) to the step's folder: None when done, or the result
+        another writer published first (then `staging` is dropped: the first one's files are the step's)."""
+        for _ in range(3):
+            try:
+                os.rename(staging, self.folder)  # atomic, and refused when a folder with files is there
+                return None
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if (first := self._local(model)) is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                return first
+            # A folder with no usable result: files deleted by hand, or a run killed while steps were
+            # still written in place. Set aside whole (the name is unique), then removed.
+            aside = temp_folder_beside(self.folder)
+            try:
+                os.replace(self.folder, aside)
+            except FileNotFoundError:  # another writer cleared it first
+                pass
+            shutil.rmtree(aside, ignore_errors=True)
+        raise OSError(f"work area: {self.folder} was replaced three times while this run published it")
 
     # --- the s3 mirror ---------------------------------------------------------------------
 
@@ -161,7 +210,22 @@ class Step:
             names = [o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])]
             if RESULT_NAME not in names:
                 return
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for name in [n for n in names if n != RESULT_NAME] + [RESULT_NAME]:
-                with atomic_path(self.folder / name) as tmp:
-                    client.download_file(location.bucket, location.key(name), str(tmp))
+            staging = temp_folder_beside(self.folder)
+            try:
+                for name in names:
+                    client.download_file(location.bucket, location.key(name), str(staging / name))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        self._publish(staging, StepResult)  # one published first holds the same step: either is fine
+
+
+def _moved(value, old: str, new: str):
+    """`value` (a result as plain data) with every path under the folder `old` moved under `new`."""
+    if isinstance(value, str):
+        return new + value[len(old) :] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, old, new) for v in value]
+    return value

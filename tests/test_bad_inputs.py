@@ -49,6 +49,7 @@ def env_case(id: str, name: str, value: str, names: str | None = None, argv=None
 
 
 S3 = ("run", "--title", "T", "--author", "A", "--out", "{out}", "--storage", "s3://bucket/x")
+LARGE_COVER = ("--set", "cover.width=2048", "--set", "cover.height=2048")  # the issue's: 246 s on a CPU, tiny models
 LONG_WORD = "Supercalifragilisticexpialidocious"
 
 CASES = [
@@ -115,6 +116,64 @@ CASES = [
     Bad(
         "grid-bad-brief", "brief", ("grid", "--title", "T", "--set", "cover.width=100", "--out", "{out}"), "cover.width"
     ),
+    # --- the engines' cost limits (issue 13, point 4): over them is refused unless large jobs are allowed ---
+    run(
+        "cover-over-the-size-limit",
+        *LARGE_COVER,
+        names="cover.width x cover.height: 2048x2048 is over sd15's comfortable limit of 1024x1024 pixels in area",
+    ),
+    run(
+        "cover-large-estimate-and-fix",
+        "--models",
+        "full",
+        *LARGE_COVER,
+        names="about 11x the work of its default full job (512x768, 25 steps; work taken as pixels x steps); "
+        "lower it, or allow large jobs with --allow-large or GENBUNDLE_ALLOW_LARGE=1",
+    ),
+    run("cover-over-the-steps-limit", "--set", "cover.steps=150", names="cover.steps: 150 is over sd15's comfortable"),
+    run(
+        "sdxl-over-the-size-limit",
+        "--set",
+        "cover.engine=sdxl",
+        "--set",
+        "cover.width=2048",
+        "--set",
+        "cover.height=1600",
+        names="cover.width x cover.height: 2048x1600 is over sdxl's comfortable limit of 1536x1536",
+    ),
+    run("video-over-the-frames-limit", "--set", "video.frames=64", names="video.frames: 64 is over zeroscope"),
+    run(
+        "video-over-the-size-limit",
+        "--set",
+        "video.width=1280",
+        "--set",
+        "video.height=720",
+        names="video.width x video.height: 1280x720 is over zeroscope-v2-576w's comfortable limit of 1024x576",
+    ),
+    run(
+        "wan-over-the-frames-limit",
+        "--set",
+        "video.engine=wan2.1-1.3b",
+        "--set",
+        "video.frames=121",
+        names="video.frames: 121 is over wan2.1-1.3b's comfortable limit of 81",
+    ),
+    run("sound-over-the-duration-limit", "--duration", "20", names="sound.duration: 20 s is over audioldm's"),
+    run(
+        "stable-audio-over-the-duration-limit",
+        "--set",
+        "sound.engine=stable-audio-open-1.0",
+        "--duration",
+        "40",
+        names="sound.duration: 40 s is over stable-audio-open-1.0's comfortable limit of 30 s",
+    ),
+    run("large-not-allowed-by-0", *LARGE_COVER, names="cover.width x cover.height", env={"GENBUNDLE_ALLOW_LARGE": "0"}),
+    Bad(
+        "grid-cover-over-the-size-limit",
+        "brief",
+        ("grid", "--title", "T", *LARGE_COVER, "--out", "{out}"),
+        "cover.width",
+    ),
     # --- flags ---
     run("seed-not-a-number", "--seed", "abc", names="argument --seed", category="flags"),
     run("models-unknown", "--models", "huge", names="argument --models", category="flags"),
@@ -159,6 +218,7 @@ CASES = [
     env_case("s3-checksums-md5", "GENBUNDLE_S3_CHECKSUMS", "md5", "GENBUNDLE_S3_CHECKSUMS"),
     env_case("s3-addressing-dns", "GENBUNDLE_S3_ADDRESSING", "dns", "GENBUNDLE_S3_ADDRESSING"),
     env_case("safety-maybe", "GENBUNDLE_SAFETY", "maybe", "GENBUNDLE_SAFETY"),
+    env_case("allow-large-maybe", "GENBUNDLE_ALLOW_LARGE", "maybe", "GENBUNDLE_ALLOW_LARGE='maybe'"),
     env_case("safety-action-explode", "GENBUNDLE_SAFETY_ACTION", "explode", "GENBUNDLE_SAFETY_ACTION"),
     env_case("memory-lots", "GENBUNDLE_MEMORY", "lots", "GENBUNDLE_MEMORY"),
     env_case("storage-ftp", "GENBUNDLE_STORAGE", "ftp://host/x", "GENBUNDLE_STORAGE"),
@@ -257,7 +317,7 @@ CASES = [
 SUBPROCESS = [
     "width-not-multiple-of-8", "title-does-not-fit", "seed-not-a-number", "s3-concurrency-negative",
     "device-cuda-without-gpu", "brief-binary", "batch-file-missing", "verify-garbage-manifest",
-    "out-under-proc", "model-cache-a-file", "out-a-file",
+    "out-under-proc", "model-cache-a-file", "out-a-file", "cover-over-the-size-limit",
 ]  # fmt: skip
 BY_ID = {case.id: case for case in CASES}
 
@@ -326,6 +386,7 @@ def _environment(case: Bad, inputs: Path, places: dict) -> dict[str, str | None]
         "GENBUNDLE_C2PA_CERT": None,
         "GENBUNDLE_C2PA_KEY": None,
         "GENBUNDLE_C2PA_TRUST": None,
+        "GENBUNDLE_ALLOW_LARGE": None,
         "AWS_ACCESS_KEY_ID": "test",  # never used: S3 cases stop before a request
         "AWS_SECRET_ACCESS_KEY": "test",
     }
@@ -456,6 +517,35 @@ def test_refused_by_the_real_command(case_id, inputs, places):
     line = _assert_refused(case, result.returncode, result.stderr, inputs, places, before)
     assert seconds < SUBPROCESS_LIMIT_S, f"{seconds:.1f} s: {line}"
     _record("subprocess", seconds, case.id)
+
+
+@pytest.mark.parametrize(
+    "argv, env, reaches",
+    [
+        (("grid", "--title", "T", *LARGE_COVER, "--allow-large"), {}, "the grid"),
+        (("grid", "--title", "T", *LARGE_COVER), {"GENBUNDLE_ALLOW_LARGE": "1"}, "the grid"),
+        (("run", "--title", "T", "--author", "A", *LARGE_COVER, "--allow-large"), {}, "the flow"),
+        (("batch", "{tmp}/briefs.jsonl", "--allow-large"), {}, "the batch flow"),
+    ],
+    ids=["grid-flag", "grid-setting", "run-flag", "batch-flag"],
+)
+def test_a_large_job_passes_the_checks_when_allowed(argv, env, reaches, inputs, places, stubbed, monkeypatch):
+    """--allow-large is GENBUNDLE_ALLOW_LARGE=1 (and wins over =0): the 2048x2048 cover gets past every check
+    to what would generate it (a stub here), and the flows see the setting on."""
+    from flows.cli import main
+    from tasks.settings import get_settings
+
+    case = Bad("allowed", "brief", argv, "", env={"GENBUNDLE_ALLOW_LARGE": "0", **env})
+    for name, value in _environment(case, inputs, places).items():
+        monkeypatch.setenv(name, value) if value is not None else monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    try:
+        with contextlib.suppress(AssertionError):  # the stub's, once reached (`run` reports it as a failed run)
+            main([_fill(a, inputs, places["out"]) for a in (*argv, "--out", "{out}")])
+        assert get_settings().allow_large
+    finally:
+        get_settings.cache_clear()
+    assert reaches in stubbed
 
 
 def test_the_table_covers_every_kind_of_input():

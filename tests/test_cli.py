@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -152,3 +153,25 @@ def test_prompt_policy_refuses_before_generation(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: video.prompt: refused by the prompt policy: it contains 'gore'")
     assert not any(tmp_path.iterdir())
+
+
+def test_batch_shows_progress_from_the_start(tmp_path):
+    """The first line comes before Prefect and the models load; then a line per brief as it starts and ends."""
+    briefs = tmp_path / "briefs.jsonl"
+    briefs.write_text('{"title": "Row One", "author": "A"}\n{"title": "Row Two", "author": "B", "seed": 2}\n')
+    command = [sys.executable, "-m", "flows.cli", "batch", str(briefs), "--out", str(tmp_path / "out")]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    started = time.monotonic()
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run.stderr.readline()
+    first_after = time.monotonic() - started
+    rest, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr
+    assert first.startswith(f"batch: 2 briefs from {briefs}, up to 2 at a time")
+    assert first_after < 15, f"the first line came after {first_after:.1f} s"  # a cold run takes far longer
+    lines = stderr.splitlines()
+    for label in ("briefs.jsonl:1", "briefs.jsonl:2"):
+        assert f"started  {label}" in lines
+        assert any(line.startswith(f"done     {label} (") for line in lines), stderr
+    assert any(line.endswith("[2/2]") for line in lines)
+    assert "Traceback" not in stderr

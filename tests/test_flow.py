@@ -125,22 +125,32 @@ def test_same_brief_same_place_same_outputs(tiny_bundle, tmp_path):
     again = Path(asset_bundle(brief, out=str(tiny_bundle.parent)))
     assert again == tiny_bundle
     assert (again / "bundle.json").read_text() == manifest_before  # byte-identical: left as it was
+    # ...but the UI summary of this run shows this run: its own timings, every step found finished.
+    summary = _summaries(again)[-1]
+    assert "This run made 0 of" in summary and "found finished by an earlier run: " in summary
+    stored_total = _manifest(again)["timings_seconds"]["total_before_store"]
+    assert f"| total_before_store | {stored_total:.2f} |" not in summary
 
 
-def test_the_summary_artifact_is_published(tiny_bundle):
+def _summaries(bundle: Path) -> list[str]:
+    """The summary artifacts published for a bundle stored at `bundle`, oldest first."""
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async def read():
         async with get_client() as client:
-            key = f"bundle-{tiny_bundle.name}"
+            key = f"bundle-{bundle.name}"
             return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
     # Every run of this brief publishes under this key (other tests make it again, elsewhere too).
-    artifacts = anyio.run(read)
+    artifacts = sorted(anyio.run(read), key=lambda a: a.created)
     assert artifacts and all(a.type == "markdown" for a in artifacts)
-    (markdown,) = [a.data for a in artifacts if str(tiny_bundle) in a.data][:1]
+    return [a.data for a in artifacts if str(bundle) in a.data]
+
+
+def test_the_summary_artifact_is_published(tiny_bundle):
+    (markdown,) = _summaries(tiny_bundle)[:1]
     assert "car_with_sound.mp4" in markdown and "Placeholder outputs" in markdown
     assert "Licences: " in markdown and default_engine("video").licence.name in markdown
     assert f"`{tiny_bundle / 'trace_reverse.png'}`" in markdown  # local only: where the trace pictures are

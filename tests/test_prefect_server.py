@@ -2,6 +2,7 @@
 process workers for each pool, a dispatched bundle run, a dispatched batch with a failing brief,
 the nightly schedule's commands, and an event-triggered run."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,42 +73,26 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """Server + deployments + one process worker per pool; yields (env, bundles folder, log folder,
-    the cpu worker's model cache).
-
-    The `full` profile points at folders that hold only the pipelines' tokenizers: enough for the
-    cpu pool (prompt expansion), not for a GPU pool, so a full brief fails on the GPU workers.
-    The cpu worker has a model cache of its own, to show which models it built.
-    """
-    home = tmp_path_factory.mktemp("prefect-server")
+@contextlib.contextmanager
+def _server(home: Path, **extra_env: str):
+    """A `prefect server start` of its own, logging into `home`/logs; yields (env, spawn, log folder).
+    `spawn(name, *args, **env)` starts `python -m *args` against it; all end with the server."""
     port = _free_port()
-    weights = {}
-    for role in ROLES:
-        engine = default_engine(role)
-        weights[engine.name] = str(home / "full" / engine.name)
-        shutil.copytree(ensure_tiny_model(engine.name) / "tokenizer", home / "full" / engine.name / "tokenizer")
     env = os.environ | {
         "PREFECT_HOME": str(home / "home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        "GENBUNDLE_OUT": str(home / "bundles"),
         "PYTHONPATH": str(REPO),
-        "GENBUNDLE_WEIGHTS": json.dumps(weights),
+        **extra_env,
     }
-    cpu_models = home / "cpu-models"
     logs = home / "logs"
     logs.mkdir()
     procs = []
 
-    def spawn(name, *args, **extra_env):
+    def spawn(name, *args, **more_env):
         with open(logs / f"{name}.log", "w") as log:  # the child keeps its own handle
             proc = subprocess.Popen(
-                [sys.executable, "-m", *args], env=env | extra_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", *args], env=env | more_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
             )
         procs.append(proc)
         return proc
@@ -123,18 +108,49 @@ def stack(tmp_path_factory):
                 return False
 
         _wait_for(healthy, 120, "the Prefect server")
-        deployed = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "deploy", "--gpu-slots", "3"],
-            check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        yield env, spawn, logs
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _genbundle(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Server + deployments + one process worker per pool; yields (env, bundles folder, log folder,
+    the cpu worker's model cache).
+
+    The `full` profile points at folders that hold only the pipelines' tokenizers: enough for the
+    cpu pool (prompt expansion), not for a GPU pool, so a full brief fails on the GPU workers.
+    The cpu worker has a model cache of its own, to show which models it built.
+    """
+    home = tmp_path_factory.mktemp("prefect-server")
+    weights = {}
+    for role in ROLES:
+        engine = default_engine(role)
+        weights[engine.name] = str(home / "full" / engine.name)
+        shutil.copytree(ensure_tiny_model(engine.name) / "tokenizer", home / "full" / engine.name / "tokenizer")
+    cpu_models = home / "cpu-models"
+    with _server(
+        home,
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+        PREFECT_LOGGING_LEVEL="INFO",
+        GENBUNDLE_OUT=str(home / "bundles"),
+        GENBUNDLE_WEIGHTS=json.dumps(weights),
+    ) as (env, spawn, logs):
+        deployed = _genbundle(env, "deploy", "--gpu-slots", "3")
         assert deployed.returncode == 0, deployed.stderr + deployed.stdout
         for pool in POOLS:
             models = {"GENBUNDLE_MODEL_CACHE": str(cpu_models)} if pool == "cpu" else {}
             spawn(f"worker-{pool}", "prefect", "worker", "start", "--pool", pool, "--type", "process", **models)
         yield env, Path(env["GENBUNDLE_OUT"]), logs, cpu_models
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
 
 
 def _bundles(out: Path) -> dict[str, dict]:
@@ -150,6 +166,63 @@ def test_deploy_sets_the_gpu_limits(stack):
     assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 3  # --gpu-slots 3, server-wide
     for pool in POOLS:
         assert _api(env, f"/work_pools/{pool}")["concurrency_limit"] == (None if pool == "cpu" else 3)
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    """A server of its own, without workers: what deploy does to pools an operator has changed."""
+    with _server(tmp_path_factory.mktemp("bare-server")) as (env, *_):
+        yield env
+
+
+def _deployments(env: dict) -> dict[str, str]:
+    return {d["name"]: d["updated"] for d in _api(env, "/deployments/filter", {})}
+
+
+def test_redeploy_keeps_what_an_operator_set(bare_server, tmp_path):
+    env = bare_server
+    first = _genbundle(env, "deploy")
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 1  # what deploy creates by default
+    before = _deployments(env)
+    # An operator's changes: `env` on the cpu pool (as the README tells Docker users; the UI's Edit
+    # does the same), a template without `labels` (as an older one), other limits, a deployment gone.
+    template = _api(env, "/work_pools/cpu")["base_job_template"]
+    operator_env = {"GENBUNDLE_STORAGE": "s3://bundles/genbundle", "AWS_REGION": "eu-west-1"}
+    template["variables"]["properties"]["env"]["default"] = operator_env
+    del template["variables"]["properties"]["labels"], template["job_configuration"]["labels"]
+    (tmp_path / "cpu.json").write_text(json.dumps(template))
+    for args in (
+        ("work-pool", "update", "cpu", "--base-job-template", str(tmp_path / "cpu.json")),
+        ("work-pool", "set-concurrency-limit", "gpu-image", "2"),
+        ("concurrency-limit", "create", "gpu", "4"),
+        ("--no-prompt", "deployment", "delete", "asset-bundle/nightly"),
+    ):
+        changed = _prefect(env, *args)
+        assert changed.returncode == 0, changed.stdout + changed.stderr
+
+    again = _genbundle(env, "deploy")
+    assert again.returncode == 0, again.stderr + again.stdout
+    cpu = _api(env, "/work_pools/cpu")["base_job_template"]
+    cpu_env = cpu["variables"]["properties"]["env"]
+    assert cpu_env["default"] == operator_env
+    assert cpu["job_configuration"]["labels"] == "{{ labels }}" and "labels" in cpu["variables"]["properties"]
+    assert "kept the server's env" in again.stdout and "added labels" in again.stdout
+    assert _api(env, "/work_pools/gpu-image")["concurrency_limit"] == 2
+    assert _api(env, "/work_pools/gpu-audio")["concurrency_limit"] == 1
+    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 4
+    after = _deployments(env)  # every deployment made again: the deleted one back, the others updated
+    assert after.keys() == before.keys() and all(after[name] > before[name] for name in before)
+
+    # --gpu-slots given: the operator asks for new limits, so they replace the kept ones.
+    sized = _genbundle(env, "deploy", "--gpu-slots", "3")
+    assert sized.returncode == 0, sized.stderr + sized.stdout
+    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 3
+    assert {_api(env, f"/work_pools/{pool}")["concurrency_limit"] for pool in POOLS if pool != "cpu"} == {3}
+    assert _api(env, "/work_pools/cpu")["base_job_template"]["variables"]["properties"]["env"] == cpu_env
+
+    other = _genbundle(env, "deploy", "--pool-type", "docker")  # a pool's type cannot change in place
+    assert other.returncode != 0 and "work pool cpu is a process pool, not docker" in other.stderr
 
 
 def _no_image_models_built(cpu_models: Path) -> None:
@@ -196,6 +269,7 @@ def test_dispatched_batch_reports_the_brief_whose_generations_failed(stack, tmp_
         "--param", "dispatch=true", "--watch", "--watch-timeout", "600", timeout=700,
     )  # fmt: skip
     assert run.returncode != 0, "the batch should end Failed: one brief could not be made"
+    assert "cannot be resolved into an exception" not in (logs / "worker-cpu.log").read_text()  # issue 12
     made = _bundles(out)
     assert "Batch Dispatch One" in made and "Batch Dispatch Two" in made, (logs / "worker-cpu.log").read_text()[-3000:]
     assert "Batch Dispatch Full" not in made

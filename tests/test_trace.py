@@ -92,3 +92,28 @@ def test_each_trace_picture_has_its_compute(tiny_bundle, role):
 
     entry = json.loads((tiny_bundle / "bundle.json").read_text())["compute"]["per_asset"][role]
     assert entry["seconds"] > 0 and entry["device"] == "cpu"  # the VAE runs on the runtime device: here the CPU
+
+
+def test_a_wide_covers_filmstrips_are_scaled_to_the_limit_width_keeping_the_aspect(workspace):
+    """Six frames of a large cover side by side made a 12288-px picture: each strip is scaled to fit."""
+    from tasks.brief import parse_brief
+    from tasks.generation import generate
+    from tasks.jobs import resolve_job
+    from tasks.trace import MAX_STRIP_WIDTH, trace_diffusion
+
+    brief = parse_brief({"title": "T", "author": "A", "seed": 3, "cover": {"width": 544, "height": 224}})
+    job = resolve_job(brief, "cover").model_copy(update={"prompt": "a lighthouse in a storm"})
+    cover = generate.fn(job, workspace)
+    trace = trace_diffusion.fn(cover, workspace)
+
+    with Image.open(cover.path) as im:
+        assert im.width * len(trace.reverse_labels) > MAX_STRIP_WIDTH  # unscaled, both strips would be wider
+        for path, count in ((trace.path, len(FORWARD_TIMESTEPS)), (trace.reverse_path, len(trace.reverse_labels))):
+            with Image.open(path) as strip:
+                assert MAX_STRIP_WIDTH - count < strip.width <= MAX_STRIP_WIDTH, (path, strip.width)
+            width = MAX_STRIP_WIDTH // count
+            scaled = im.convert("RGB").resize((width, round(width * im.height / im.width)), Image.Resampling.LANCZOS)
+            frames = _frames(path, scaled.size)
+            assert len(frames) == count
+    # The last reverse frame is the cover itself, scaled the same way: the aspect is kept, nothing cropped.
+    assert np.abs(frames[-1] - np.asarray(scaled, dtype=float)).mean() < 2

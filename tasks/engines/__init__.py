@@ -12,11 +12,20 @@ import importlib
 import pkgutil
 from importlib import metadata
 
-from tasks.engines.base import Engine, Licence, Params, PromptTemplate, Role, check_params, multiple_of
+from tasks.engines.base import (
+    CostLimits,
+    Engine,
+    Licence,
+    Params,
+    PromptTemplate,
+    Role,
+    check_params,
+    multiple_of,
+)
 
 __all__ = [
-    "ROLES", "Engine", "Licence", "Params", "PromptTemplate", "Role", "UnknownEngine", "all_engines", "check_params",
-    "default_engine", "engine", "engines_for", "multiple_of", "register",
+    "ROLES", "CostLimits", "Engine", "Licence", "Params", "PromptTemplate", "Role", "UnknownEngine", "all_engines",
+    "check_params", "default_engine", "engine", "engines_for", "multiple_of", "register",
 ]  # fmt: skip
 
 # The bundle's parts, in the order they are generated and listed. Each brief section names its engine.

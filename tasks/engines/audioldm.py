@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from tasks.engines.base import Engine, Licence, Params, PromptTemplate
+from tasks.engines.base import CostLimits, Engine, Licence, Params, PromptTemplate
 from tasks.wav import write_wav
 
 SCHEDULERS = ("dpm++", "ddim", "lms", "euler", "pndm")
@@ -38,6 +38,7 @@ class AudioLDM(Engine):
         "full": {"steps": 20, "guidance": 2.5, "scheduler": "dpm++", "duration": 5.0},
         "tiny": {"steps": 4, "guidance": 2.5, "scheduler": "dpm++", "duration": 5.0},
     }
+    cost_limits = CostLimits(duration=10.0, steps=100)  # trained on 10 s clips
     schedulers = SCHEDULERS
     prompt = PromptTemplate(
         terms=("realistic", "close microphone", "high quality studio recording", "clear"),

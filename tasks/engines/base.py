@@ -2,8 +2,8 @@
 
 An engine module defines a subclass of `Engine` and an instance of it named `ENGINE`. Everything
 the rest of genbundle needs to know about the model lives on that object: its role, pipeline class
-and default weights, licence, generation parameters with their constraints and per-profile
-defaults, the schedulers it accepts, its prompt template, how its tiny offline version is built,
+and default weights, licence, generation parameters with their constraints, per-profile
+defaults and cost limits, the schedulers it accepts, its prompt template, how its tiny offline version is built,
 how its pipeline is called, how its output is written and how it is tuned on a GPU.
 
 Only light imports at module level: the registry imports every engine to validate a brief, before
@@ -12,7 +12,7 @@ torch or diffusers are loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -49,6 +49,18 @@ class Params(BaseModel):
     scheduler: str
 
 
+@dataclass(frozen=True)
+class CostLimits:
+    """How big a job may be before it is refused as large (unless large jobs are allowed, see
+    tasks/cost_limits.py): what the full model makes comfortably. The parameter model's own bounds
+    stay the absolute caps; None leaves a setting to them alone."""
+
+    area: tuple[int, int] | None = None  # an image or each frame: at most width x height pixels, in any aspect
+    frames: int | None = None
+    steps: int | None = None
+    duration: float | None = None  # seconds of audio
+
+
 def multiple_of(n: int):
     """A field validator: the value is a multiple of n (with the nearest one as the fix)."""
 
@@ -83,6 +95,9 @@ class Engine:
     licence: ClassVar[Licence]
     params: ClassVar[type[Params]]
     defaults: ClassVar[dict[str, dict[str, Any]]]  # profile ("full", "tiny") -> a full set of params
+    # Sizes, frames, steps and seconds past which a job is refused unless large jobs are allowed.
+    # None set by default: an engine that declares none (a toy, a plug-in) has only its params' bounds.
+    cost_limits: ClassVar[CostLimits] = CostLimits()
     schedulers: ClassVar[tuple[str, ...]]  # names from tasks/engines/schedulers.py; the default is in `defaults`
     prompt: ClassVar[PromptTemplate]
     load_kwargs: ClassVar[dict[str, Any]] = {}  # extra from_pretrained arguments
@@ -160,6 +175,7 @@ class Engine:
             "default_scheduler": full["scheduler"],
             "default_size": size or None,
             **extra,
+            "cost_limits": {k: v for k, v in asdict(self.cost_limits).items() if v is not None},
         }
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tasks.engines.base import Engine, Licence, Params, PromptTemplate, multiple_of
+from tasks.engines.base import CostLimits, Engine, Licence, Params, PromptTemplate, multiple_of
 
 SCHEDULERS = ("dpm++", "ddim", "lms", "euler", "pndm")
 
@@ -40,6 +40,8 @@ class StableDiffusion15(Engine):
         "full": {"steps": 25, "guidance": 7.5, "scheduler": "dpm++", "width": 512, "height": 768},
         "tiny": {"steps": 4, "guidance": 7.5, "scheduler": "dpm++", "width": 128, "height": 192},
     }
+    # Trained at 512 px: past about 1 megapixel it repeats its subject, and the work grows with the pixels.
+    cost_limits = CostLimits(area=(1024, 1024), steps=100)
     schedulers = SCHEDULERS
     prompt = PromptTemplate(
         terms=(

@@ -11,6 +11,7 @@ and the LoRA (67.5 M parameters by its model card) is fused into that UNet's wei
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +62,7 @@ class StableDiffusion15LCM(StableDiffusion15):
         "full": {"steps": 4, "guidance": 1.0, "scheduler": "lcm", "width": 512, "height": 768},
         "tiny": {"steps": 4, "guidance": 1.0, "scheduler": "lcm", "width": 128, "height": 192},
     }
+    cost_limits = replace(StableDiffusion15.cost_limits, steps=STEPS[1])  # sd15's sizes; its few steps
     schedulers = ("lcm",)
 
     def source_modules(self):

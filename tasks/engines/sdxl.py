@@ -13,7 +13,7 @@ import sys
 
 from pydantic import Field
 
-from tasks.engines.base import Licence
+from tasks.engines.base import CostLimits, Licence
 from tasks.engines.sd15 import SD15Params, StableDiffusion15
 
 
@@ -44,6 +44,9 @@ class StableDiffusionXL(StableDiffusion15):
         "full": {"steps": 50, "guidance": 5.0, "scheduler": "euler", "width": 832, "height": 1216},
         "tiny": {"steps": 3, "guidance": 5.0, "scheduler": "euler", "width": 128, "height": 192},
     }
+    # Its training buckets all hold about 1 megapixel; 1536x1536 (2.3x the default's area) and twice
+    # the default steps are as far as a bundle goes without asking.
+    cost_limits = CostLimits(area=(1536, 1536), steps=100)
     # The prompt template is sd15's (inherited): the same book-cover wording and CLIP's 77 tokens.
     # SDXL has no safety checker component (the cover's safety check is its own step, tasks/safety.py).
     # The invisible watermark of Stability's reference code is not applied: the bundle embeds its own

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.engines.base import Engine, Licence, Params, PromptTemplate
+from tasks.engines.base import CostLimits, Engine, Licence, Params, PromptTemplate
 from tasks.wav import write_wav
 
 SCHEDULERS = ("cosine-dpm++",)  # the published CosineDPMSolverMultistepScheduler (an EDM sampler for v-prediction)
@@ -50,6 +50,7 @@ class StableAudioOpen(Engine):
         "full": {"steps": 100, "guidance": 7.0, "scheduler": "cosine-dpm++", "duration": 5.0},
         "tiny": {"steps": 4, "guidance": 7.0, "scheduler": "cosine-dpm++", "duration": 5.0},
     }
+    cost_limits = CostLimits(duration=30.0, steps=150)  # the model's 47 s stays the cap, with --allow-large
     schedulers = SCHEDULERS
     prompt = PromptTemplate(
         terms=("realistic recording", "stereo", "high quality", "clear", "close microphone"),

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from tasks.engines.base import Engine, Licence, Params, PromptTemplate, multiple_of
+from tasks.engines.base import CostLimits, Engine, Licence, Params, PromptTemplate, multiple_of
 from tasks.h264 import encode_h264
 
 # Flow-matching solvers: both take the published config's flow sigmas and shift as they are.
@@ -64,6 +64,9 @@ class Wan21T2V(Engine):
         # 9 frames (3 latent frames) of 64x32: the whole chain in well under a second on a CPU.
         "tiny": {"steps": 3, "guidance": 5.0, "scheduler": "unipc", "width": 64, "height": 32, "frames": 9, "fps": 16},
     }
+    # 720P is the 14B model's size (the 1.3B one is made for 480P); 81 frames is what it was trained on, and
+    # attention over every frame's tokens makes more frames cost more than in proportion.
+    cost_limits = CostLimits(area=(1280, 720), frames=81, steps=100)
     schedulers = SCHEDULERS
     prompt = PromptTemplate(
         terms=(

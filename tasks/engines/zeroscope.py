@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from tasks.engines.base import Engine, Licence, Params, PromptTemplate, multiple_of
+from tasks.engines.base import CostLimits, Engine, Licence, Params, PromptTemplate, multiple_of
 from tasks.h264 import encode_h264
 
 SCHEDULERS = ("dpm++", "ddim", "lms", "euler", "pndm")
@@ -51,6 +51,8 @@ class ZeroscopeV2(Engine):
         },
         "tiny": {"steps": 4, "guidance": 9.0, "scheduler": "dpm++", "width": 64, "height": 32, "frames": 8, "fps": 8},
     }
+    # 1024x576 is its XL sibling's size (the 576w model is made for 576x320); 48 frames is twice the default.
+    cost_limits = CostLimits(area=(1024, 576), frames=48, steps=100)
     schedulers = SCHEDULERS
     prompt = PromptTemplate(
         terms=("cinematic", "golden hour lighting", "smooth tracking shot", "high detail", "sharp focus"),
