@@ -70,6 +70,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the closest of its parents that exists (where a folder not made yet would be made)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_writable_folder(path: str | Path, name: str, fix: str = "give a folder you can write to") -> None:
     """Refuse, before any model loads, a folder that cannot be written: a file, a read-only folder,
     a place under /proc. `name` is the flag or setting that named it. Leaves nothing behind: a
@@ -78,9 +86,7 @@ def check_writable_folder(path: str | Path, name: str, fix: str = "give a folder
     path = Path(path).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise InputError(f"{name}: {path} is a file, not a folder: {fix}")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise InputError(f"{name}: {existing} is a file, so {path} cannot be made a folder: {fix}")
     try:  # os.access says yes to root and knows nothing of read-only mounts: try it

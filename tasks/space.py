@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from tasks.errors import InputError, UserError
+from tasks.files import nearest_existing
 
 RAW_SOUND_BYTES_PER_S = 48_000 * 2 * 3  # the generated sound: up to 48 kHz stereo, 24-bit
 FINISHED_SOUND_BYTES_PER_S = 48_000 * 3  # the normalised sound: 48 kHz mono, 24-bit
@@ -36,15 +37,9 @@ def mib(size: float) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
-def _existing(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
 def check_free_space(folder: Path, needed: int, name: str) -> None:
     """Refuse, before any model loads, an output folder on a disk without room for the bundle."""
-    free = shutil.disk_usage(_existing(Path(folder).absolute())).free
+    free = shutil.disk_usage(nearest_existing(folder)).free
     if free < needed:
         raise InputError(
             f"{name}: {folder} has {mib(free)} free; this brief's bundle needs about {mib(needed)} "
@@ -56,7 +51,7 @@ def disk_full(err: BaseException, folder: Path, needed: int) -> UserError | None
     """The one line for a disk that filled during the run (None for any other error)."""
     if not isinstance(err, OSError) or err.errno != errno.ENOSPC:
         return None
-    free = shutil.disk_usage(_existing(Path(folder).absolute())).free
+    free = shutil.disk_usage(nearest_existing(folder)).free
     return UserError(
         f"no space left in {folder} ({mib(free)} free; this brief's bundle needs about {mib(needed)}): "
         "free some space and run the same command again; the finished steps are kept"
