@@ -244,8 +244,10 @@ def test_dispatched_bundle_through_the_gpu_pools(stack):
     assert len(bundle["assets"]) == ASSET_COUNT
     for pool in {ROLES[role].pool for role in ROLES}:  # each generation ran on its own pool's worker
         assert "Completed" in (logs / f"worker-{pool}.log").read_text()
-    # Made on the pools, found finished by the bundle flow: the cover (safety-checked) and its trace.
-    assert {bundle["steps"][role] for role in ("cover", "sound_raw", "video", "trace_forward")} == {"reused"}
+    # Made on the pools for this run, then read back by the bundle flow: made by this run, not reused
+    # (the cover, safety-checked, and its trace too), and all their energy is this run's.
+    assert {bundle["steps"][role] for role in ("cover", "sound_raw", "video", "trace_forward")} == {"made"}
+    assert bundle["compute"]["this_run_wh"] == bundle["compute"]["total_wh"]
     _no_image_models_built(cpu_models)
     names = [r["name"] for r in _api(env, "/flow_runs/filter", {"flows": {"name": {"any_": ["generate"]}}})]
     covers = [n for n in names if n.startswith("cover-")]
