@@ -166,9 +166,12 @@ def test_batch_shows_progress_from_the_start(tmp_path):
     first = run.stderr.readline()
     first_after = time.monotonic() - started
     rest, stderr = run.communicate(timeout=600)
+    whole_run = time.monotonic() - started
     assert run.returncode == 0, stderr
     assert first.startswith(f"batch: 2 briefs from {briefs}, up to 2 at a time")
-    assert first_after < 15, f"the first line came after {first_after:.1f} s"  # a cold run takes far longer
+    # A ratio, not seconds: on a loaded machine both grow. Before the fix the first line came with the
+    # first bundle's, after Prefect and the models had loaded (most of the run).
+    assert first_after < whole_run / 4, f"the first line came after {first_after:.1f} s of {whole_run:.1f} s"
     lines = stderr.splitlines()
     for label in ("briefs.jsonl:1", "briefs.jsonl:2"):
         assert f"started  {label}" in lines
