@@ -2,6 +2,7 @@
 
     genbundle run [BRIEF.yaml|json] [--title ... --author ... --seed N --models tiny|full --out DIR --allow-large]
     genbundle models pull --models tiny|full
+    genbundle worker --pool gpu-image [--slots N] [--name NAME]
 
 Exit codes: 0 done, 1 the run failed (or full models, the bucket or the server are missing), 2 the
 input is invalid: a brief field, a flag, a GENBUNDLE_* setting, a file or an output folder named.
@@ -370,6 +371,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import anyio
+
+    from flows.operate import CPU_POOL, GPU_POOLS
+    from flows.warm_worker import serve
+
+    if args.pool not in (CPU_POOL, *GPU_POOLS):
+        raise InputError(f"--pool {args.pool}: not a genbundle work pool; give one of {', '.join(GPU_POOLS)}, {CPU_POOL}")
+    if args.name is not None and (not args.name.strip() or "/" in args.name or "%" in args.name):
+        raise InputError(f"--name {args.name!r}: give a name without '/' or '%', or leave it out")
+    anyio.run(serve, args.pool, args.slots, args.name)
+    return 0
+
+
 def grid_path(args: argparse.Namespace, seed: int, root: Path) -> Path:
     """Where `grid` writes without --grid-out: under --out when given, else beside the brief file,
     else under the output folder (GENBUNDLE_OUT); never the current folder by surprise."""
@@ -525,18 +540,26 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_large_argument(batch)
     batch.set_defaults(func=cmd_batch)
 
-    deploy = sub.add_parser("deploy", help="create the work pools, the gpu limit and the deployments on the server")
+    deploy = sub.add_parser("deploy", help="create the work pools and the deployments on the server")
     deploy.add_argument("--pool-type", choices=["process", "docker", "kubernetes"], default="process")
     deploy.add_argument(
-        "--gpu-slots", type=int,
-        help="generation tasks at once across the whole server, and flow runs at once per GPU pool"
-        " (applied to existing limits too; without it, existing limits are kept and new ones get 1)",
+        "--gpu-slots", type=_positive,
+        help="cap each GPU pool at N flow runs at once across all its workers (applied to existing pools"
+        " too; without it, none is set and existing caps are kept). Per GPU: genbundle worker --slots N",
     )  # fmt: skip
     deploy.set_defaults(func=cmd_deploy)
 
     submit = sub.add_parser("submit", help="submit a brief to the server: the on-brief deployment makes it")
     submit.add_argument("brief", help="brief file (.yaml, .yml or .json)")
     submit.set_defaults(func=cmd_submit)
+
+    worker = sub.add_parser(
+        "worker", help="run a pool's flow runs in this process, models kept loaded between them (one per GPU)"
+    )
+    worker.add_argument("--pool", required=True, help="the work pool to take runs from, e.g. gpu-image")
+    worker.add_argument("--slots", type=_positive, default=1, help="runs at once: the GPU's slots (default 1)")
+    worker.add_argument("--name", help="the worker's name on the server (default: a generated one)")
+    worker.set_defaults(func=cmd_worker)
 
     verify = sub.add_parser("verify", help="re-hash a stored bundle against its manifest, check its C2PA credentials")
     verify.add_argument("target", help="a bundle folder, or s3://bucket/prefix/<bundle-id>")

@@ -5,15 +5,16 @@ batch flow hands a role all its briefs at once), and reports each job's outcome:
 fails alone. For a cover it also does every model step the bundle will ask of it (safety check,
 caption, diffusion trace: tasks/cover_finishing.py), so the CPU pool needs none of those models.
 
-Everything travels through the work area (shared storage when the workers are on other
-machines): the files, each run's report, and the dispatcher's note of where a job's output
-lies. Generation keys hold the worker's device and dtype, which only the worker knows.
+Everything travels through the work area: the files, each run's report, and the dispatcher's
+note of where a job's output lies. A worker keeps its own work area (its GENBUNDLE_OUT) and hands
+files over through the s3:// mirror: no folder of one machine is ever named to another. Without
+a mirror, the workers must share the dispatcher's folder (one machine, same GENBUNDLE_OUT).
+Generation keys hold the worker's device and dtype, which only the worker knows.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
 from prefect import flow, get_run_logger
@@ -21,6 +22,7 @@ from prefect.states import Failed
 from pydantic import BaseModel
 
 import tasks.generation
+from flows.dispatch_watch import Stalled, await_runs, cancel_runs
 from tasks.cover_finishing import CoverFinish, finish_cover
 from tasks.engines import ROLES, engine
 from tasks.errors import UserError
@@ -95,12 +97,14 @@ def _run_jobs(jobs: list[Job], make: Callable[[int, Job], StepResult], workspace
 
 @flow(name="generate", flow_run_name=_run_name, persist_result=True)
 def generate_jobs(
-    jobs: list[Job], workspace: Workspace, finish: list[CoverFinish | None] | None = None
+    jobs: list[Job], remote: str | None = None, finish: list[CoverFinish | None] | None = None
 ) -> list[JobOutcome]:
-    """Generate a list of jobs, any engine, one after another in this process (each pipeline loads once).
+    """Generate a list of jobs, any engine, one after another in this process (each pipeline loads once),
+    in this machine's work area, mirrored to `remote` (the dispatcher's s3:// work area) when given.
     `finish` (one entry per job, or none) asks for a cover's finishing model steps too."""
     if finish is not None and len(finish) != len(jobs):
         raise ValueError(f"finish: {len(finish)} entries for {len(jobs)} jobs; give one per job")
+    workspace = Workspace.for_worker(remote)
 
     def make(i: int, job: Job) -> Generated:
         made = generate(job, workspace)
@@ -116,6 +120,12 @@ def generate_jobs(
 
 class DispatchError(UserError):
     pass
+
+
+HANDOVER_HINT = (
+    "set GENBUNDLE_STORAGE to the same s3:// URL on every machine (workers hand files over through it), "
+    "or, on one machine, give the workers the bundle flow's GENBUNDLE_OUT"
+)
 
 
 def _dispatched_step(job: Job, finish: CoverFinish | None, workspace: Workspace) -> Step:
@@ -142,6 +152,7 @@ def dispatch_generations(
     each job's output or the error that says why it failed; `finish` (one per cover job) asks the
     cover's pool for each cover's safety check, caption and trace too.
     """
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
@@ -156,7 +167,7 @@ def dispatch_generations(
 
     def start(role: str):
         params = {"jobs": [jobs[role][i].model_dump(mode="json") for i in todo[role]]}
-        params["workspace"] = workspace.model_dump()
+        params["remote"] = workspace.remote  # never a local folder: the worker has its own
         wanted = [finishes[role][i] for i in todo[role]]
         if any(wanted):
             params["finish"] = [f and f.model_dump() for f in wanted]
@@ -169,11 +180,22 @@ def dispatch_generations(
 
     # Created one after another (a SQLite server answers concurrent writes with "database is locked"),
     # then awaited together: they run meanwhile, each on its own pool.
-    created = {m: start(m) for m in todo}
-    runs = {m: _wait(run) for m, run in created.items()}
+    created = {}
+    try:
+        for role in todo:
+            created[role] = start(role)
+    except BaseException:
+        with get_client(sync_client=True) as client:
+            cancel_runs(client, created.values())
+        raise
+    runs = await_runs(created, {role: ROLES[role].pool for role in created})
 
     for role, run in runs.items():
         name = deployment_name(role)
+        if isinstance(run, Stalled):
+            for i in todo[role]:
+                results[role][i] = DispatchError(f"{name} {run}")
+            continue
         outcomes = _outcomes(run, workspace, len(todo[role]))
         for i, outcome in zip(todo[role], outcomes, strict=True):
             made = outcome.key and Step(workspace, role, outcome.key).load(Generated)
@@ -182,22 +204,12 @@ def dispatch_generations(
             elif not made:
                 results[role][i] = DispatchError(
                     f"{name} run '{run.name}' made {role} {outcome.key} but it is not in the work area "
-                    f"{workspace.remote or workspace.root}: do the workers share GENBUNDLE_STORAGE (or GENBUNDLE_OUT)?"
+                    f"{workspace.remote or workspace.root}: {HANDOVER_HINT}"
                 )
             else:
                 _record(notes[role][i], Dispatched, made=outcome.key)
                 results[role][i] = made.model_copy(update={"reused": False})  # made for this run, read back
     return results
-
-
-def _wait(run, poll_seconds: float = 1.0):
-    """The run once it has ended (run_deployment's own wait polls every 5 s)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        while not (run := client.read_flow_run(run.id)).state.is_final():
-            time.sleep(poll_seconds)
-    return run
 
 
 def _outcomes(run, workspace: Workspace, count: int) -> list[JobOutcome]:
@@ -207,8 +219,8 @@ def _outcomes(run, workspace: Workspace, count: int) -> list[JobOutcome]:
         return report.outcomes
     if run.state.is_completed():
         why = (
-            f"completed but its report is not in the work area {workspace.remote or workspace.root}: do the "
-            "workers share GENBUNDLE_STORAGE (or GENBUNDLE_OUT) and run the same genbundle version?"
+            f"completed but its report is not in the work area {workspace.remote or workspace.root}: "
+            f"{HANDOVER_HINT}, and run the same genbundle version everywhere"
         )
     else:
         why = f"ended {run.state.name}: {run.state.message}"

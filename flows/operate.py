@@ -17,10 +17,9 @@ PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOLS_DIR = REPO / "deployments" / "pools"
 CPU_POOL = "cpu"
 GPU_POOLS = tuple(dict.fromkeys(role.pool for role in ROLES.values()))
-# The generation tasks' tag. A tag concurrency limit counts across the whole server, not per
-# machine or per GPU: for N GPUs, allow N. Per machine: one worker per GPU, started with `--limit`.
+# The generation tasks' tag. A tag concurrency limit counts across the whole server, so deploy
+# creates none: GPU slots are a worker's (`genbundle worker --slots N`, one worker per GPU).
 GPU_TAG = "gpu"
-DEFAULT_GPU_SLOTS = 1  # for the limits deploy creates when --gpu-slots is not given
 BRIEF_EVENT = "genbundle.brief.submitted"
 CPU_IMAGE = "genbundle:cpu"  # docker/Dockerfile's CPU flavour; the GPU templates name genbundle:cuda
 
@@ -77,14 +76,12 @@ def _add_missing(current: dict, ours: dict) -> tuple[dict, list[str], list[str]]
 
 
 def deploy(pool_type: str = "process", gpu_slots: int | None = None, log=print) -> None:
-    """Create the work pools and the gpu limit where missing, then create or update every deployment.
+    """Create the work pools where missing, then create or update every deployment.
 
     An existing pool keeps what is set on it (job variables such as `env` and `image`, its limit):
-    deploy only adds the job settings and variables its template lacks. `gpu_slots` bounds
-    generation tasks at once across the server (the `gpu` tag limit) and flow runs at once per GPU
-    pool (each run holds its own copy of the pool's models). Given, it is applied to those limits
-    whether they exist or not; not given, the limits deploy creates get DEFAULT_GPU_SLOTS and
-    existing ones are kept.
+    deploy only adds the job settings and variables its template lacks. GPU slots belong to the
+    workers (one per GPU, `genbundle worker --slots N`), so GPUs and machines run at once; a
+    `gpu_slots` given caps each GPU pool's flow runs at once across all its workers as well.
     """
     import anyio
 
@@ -107,8 +104,6 @@ async def _pools_and_limit(pool_type: str, gpu_slots: int | None) -> list[str]:
             try:
                 existing = await client.read_work_pool(pool)
             except ObjectNotFound:
-                if pool != CPU_POOL and limit is None:
-                    limit = DEFAULT_GPU_SLOTS
                 created = WorkPoolCreate(name=pool, type=pool_type, base_job_template=template, concurrency_limit=limit)
                 await client.create_work_pool(created)
                 done.append(f"work pool {pool} ({pool_type}, created{_runs(limit)})")
@@ -129,16 +124,15 @@ async def _pools_and_limit(pool_type: str, gpu_slots: int | None) -> list[str]:
             limit = existing.concurrency_limit if limit is None else limit
             done.append(f"work pool {pool} ({pool_type}, exists{''.join(f'; {n}' for n in notes)}{_runs(limit)})")
 
-        try:
+        try:  # an earlier deploy's (or an operator's): kept, but it makes every GPU wait for every other
             slots = (await client.read_concurrency_limit_by_tag(GPU_TAG)).concurrency_limit
-            how = "kept"
+            done.append(
+                f"concurrency limit '{GPU_TAG}' kept: {slots} generation(s) at a time across the whole server, "
+                f"all GPUs and machines together; GPU slots are per worker now (genbundle worker --slots N): "
+                f"remove it with `prefect concurrency-limit delete {GPU_TAG}`"
+            )
         except ObjectNotFound:
-            slots, how = DEFAULT_GPU_SLOTS, "created"
-        if gpu_slots is not None:
-            slots, how = gpu_slots, "set"
-        if how != "kept":
-            await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)  # creates or updates
-        done.append(f"concurrency limit ({how}): {slots} task(s) tagged '{GPU_TAG}' at a time, across the server")
+            pass
     return done
 
 

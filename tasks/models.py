@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tasks import acceleration, tiny_models
 from tasks.engines import Engine, engine
 from tasks.errors import SettingError, UserError
 from tasks.lazy import MODEL_LOCK, lazy_import
+from tasks.logs import run_logger
 from tasks.settings import get_settings
 
 # What `models pull` fetches: the diffusers layout, not the single-file checkpoints beside it.
@@ -264,10 +266,13 @@ def _load(name: str, source: str, profile: str, memory: str | None = None) -> Lo
     _quiet_libraries()
     cls = lazy_import("diffusers", eng.pipeline_class)
     logging.getLogger(__name__).debug("loading %s from %s", cls.__name__, source)
+    start = time.perf_counter()
     pipe = cls.from_pretrained(source, dtype=rt.dtype, **eng.load_kwargs)
     eng.prepare(pipe, source, profile)
     placed = acceleration.place(pipe, eng, rt.device, memory)
     pipe.set_progress_bar_config(disable=True)
+    # One line per actual load: a warm worker's log shows each pipeline loaded once, then reused.
+    run_logger(__name__).info("loaded %s pipeline (%s) in %.2f s", name, profile, time.perf_counter() - start)
     return LoadedPipeline(pipe, source, threading.Lock(), placed)
 
 

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         description="Run jobs over their engine's comfortable sizes, frames, steps or seconds (as --allow-large does).",
     )
 
+    # Dispatch (flows/generate.py): how long a generation on a GPU pool may show no sign of life (no
+    # heartbeat from its run, no worker polling its pool) before the bundle run gives up on it.
+    # Above Prefect's shortest flow-run heartbeat interval (30 s), so one late heartbeat is not a death.
+    dispatch_stall_seconds: float = Field(
+        120, ge=45, le=86400, allow_inf_nan=False,
+        description="Seconds a dispatched generation may go without a heartbeat or a polling worker before "
+        "the bundle run ends, naming the pool.",
+    )  # fmt: skip
+
     # Storage: bundles are always written under `out`; with an s3:// URL here they are uploaded too.
     # The S3 endpoint, region and credentials come from the standard AWS_* variables.
     # Checked by tasks.storage.storage_target, so a bad value is one clear line, not a settings traceback.

@@ -84,6 +84,15 @@ class Workspace(BaseModel):
         remote = f"{storage.rstrip('/')}/{WORK_DIR}" if is_s3_url(storage) else None
         return cls(root=str((out_root(out, storage) / WORK_DIR).resolve()), remote=remote)
 
+    @classmethod
+    def for_worker(cls, remote: str | None) -> Workspace:
+        """A GPU worker's work area: its own folder (GENBUNDLE_OUT, or a local storage setting, on its
+        machine) with the dispatcher's mirror, if any, to hand files over through. Nothing names a
+        folder of the dispatcher's machine: without a mirror, only a worker sharing that folder helps."""
+        from tasks.storage import out_root
+
+        return cls(root=str((out_root() / WORK_DIR).resolve()), remote=remote, mirror_required=remote is not None)
+
     def step(self, kind: str, inputs: dict, *code) -> Step:
         """The folder of one step; `code` are the modules and functions whose source shapes its output."""
         return Step(self, kind, step_key(kind, inputs, code))

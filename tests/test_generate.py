@@ -19,14 +19,15 @@ from tasks.workspace import Step, Workspace
 BRIEF = {"title": "Made Elsewhere", "author": "W. Orker", "seed": 7}
 
 
-def test_a_bad_job_fails_alone_and_the_bundle_reuses_the_cover_steps(prefect_api, tmp_path):
+def test_a_bad_job_fails_alone_and_the_bundle_reuses_the_cover_steps(prefect_api, tmp_path, settings_env):
+    settings_env(GENBUNDLE_OUT=str(tmp_path))  # the worker's own folder, here also the bundle flow's
     brief = parse_brief(BRIEF)
     workspace = Workspace.for_storage(str(tmp_path), None)
     good = resolve_job(brief, "cover", expand_prompts.fn(brief)["cover"])
     bad = good.model_copy(update={"scheduler": "no-such-scheduler"})  # the pipeline call raises for real
     finish = [CoverFinish.for_brief(brief, with_title=False)] * 2
 
-    state = generate_jobs([bad, good], workspace, finish, return_state=True)
+    state = generate_jobs([bad, good], None, finish, return_state=True)
     assert state.is_failed() and state.message == "1 of 2 generation jobs failed"
     failed, made = state.result(raise_on_failure=False)
     assert failed.key is None and "unknown scheduler 'no-such-scheduler'" in failed.error

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -161,9 +162,17 @@ def _bundles(out: Path) -> dict[str, dict]:
     return found
 
 
-def test_deploy_sets_the_gpu_limits(stack):
+def _no_tag_limit(env: dict) -> bool:
+    try:
+        _api(env, "/concurrency_limits/tag/gpu")
+    except urllib.error.HTTPError as err:
+        return err.code == 404
+    return False
+
+
+def test_deploy_caps_the_gpu_pools_as_asked_and_no_server_wide_gpu_limit(stack):
     env, *_ = stack
-    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 3  # --gpu-slots 3, server-wide
+    assert _no_tag_limit(env)  # it made every generation wait for every other, on all GPUs (issue 12)
     for pool in POOLS:
         assert _api(env, f"/work_pools/{pool}")["concurrency_limit"] == (None if pool == "cpu" else 3)
 
@@ -183,7 +192,8 @@ def test_redeploy_keeps_what_an_operator_set(bare_server, tmp_path):
     env = bare_server
     first = _genbundle(env, "deploy")
     assert first.returncode == 0, first.stderr + first.stdout
-    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 1  # what deploy creates by default
+    assert _no_tag_limit(env)  # GPU slots are the workers'
+    assert {_api(env, f"/work_pools/{pool}")["concurrency_limit"] for pool in POOLS} == {None}
     before = _deployments(env)
     # An operator's changes: `env` on the cpu pool (as the README tells Docker users; the UI's Edit
     # does the same), a template without `labels` (as an older one), other limits, a deployment gone.
@@ -209,15 +219,16 @@ def test_redeploy_keeps_what_an_operator_set(bare_server, tmp_path):
     assert cpu["job_configuration"]["labels"] == "{{ labels }}" and "labels" in cpu["variables"]["properties"]
     assert "kept the server's env" in again.stdout and "added labels" in again.stdout
     assert _api(env, "/work_pools/gpu-image")["concurrency_limit"] == 2
-    assert _api(env, "/work_pools/gpu-audio")["concurrency_limit"] == 1
-    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 4
+    assert _api(env, "/work_pools/gpu-audio")["concurrency_limit"] is None
+    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 4  # the operator's, kept and named
+    assert "concurrency limit 'gpu' kept: 4 generation(s) at a time across the whole server" in again.stdout
     after = _deployments(env)  # every deployment made again: the deleted one back, the others updated
     assert after.keys() == before.keys() and all(after[name] > before[name] for name in before)
 
     # --gpu-slots given: the operator asks for new limits, so they replace the kept ones.
     sized = _genbundle(env, "deploy", "--gpu-slots", "3")
     assert sized.returncode == 0, sized.stderr + sized.stdout
-    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 3
+    assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 4
     assert {_api(env, f"/work_pools/{pool}")["concurrency_limit"] for pool in POOLS if pool != "cpu"} == {3}
     assert _api(env, "/work_pools/cpu")["base_job_template"]["variables"]["properties"]["env"] == cpu_env
 

@@ -1,0 +1,198 @@
+"""A work-pool worker that runs its flow runs inside its own process, so models stay loaded.
+
+Why: a process worker starts a fresh Python process for every flow run, so every generation
+re-imports torch and reloads its pipelines (tasks/models.py keeps them for the life of a process).
+A GPU machine runs one warm worker per GPU instead: `genbundle worker --pool gpu-image --slots N`.
+
+How: `WarmWorker` is a process worker (type "process": it polls the same pools, beside plain
+process workers) whose `run` does not start a subprocess. It loads the deployment's flow once per
+entrypoint (`load_flow_from_flow_run`, which also runs the deployment's pull steps), then runs each
+flow run with Prefect's engine (`run_flow`) in a thread of this process. The runs are ordinary flow
+runs: states, logs and heartbeats reach the server as they do from a subprocess. The worker's
+limit is its GPU slots: how many runs it executes at once (default 1).
+
+What a subprocess would have had and a run here does not: the pool's or deployment's `env` (a
+run shares the worker's environment, so those are named in a warning: set them where the worker
+starts), and being killed on cancellation (a run not started yet is not run; a running one
+finishes its work, then is marked Cancelled; the worker never kills itself). A worker stopped
+with a run in flight marks it Crashed. Flow-run heartbeats are on, every HEARTBEAT_SECONDS
+unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: the dispatcher tells a dead worker by them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import anyio
+import anyio.abc
+import httpx
+from prefect.exceptions import InfrastructureNotAvailable
+from prefect.states import Cancelled
+from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
+
+from tasks.errors import UserError
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.flows import Flow
+
+HEARTBEAT_SECONDS = 30  # Prefect's minimum; its default (180 s) would make a dead worker slow to notice
+PID_PREFIX = "in-process:"  # the runs' infrastructure_pid: no process id, so nothing can kill this worker
+
+
+def heartbeat_settings() -> dict:
+    """The settings a run here gets: heartbeats every HEARTBEAT_SECONDS, unless the operator chose."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        return {}
+    return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}
+
+
+def _execute(flow: Flow, flow_run: FlowRun, settings: dict, logger):
+    """In a worker thread: the flow run through Prefect's engine, to its final state. Without
+    `parameters`, run_flow takes them from the flow run and adds the flow's defaults, as the
+    engine does for a deployment run in a subprocess."""
+    from prefect.flow_engine import run_flow
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates=settings):
+        state = run_flow(flow, flow_run=flow_run, return_type="state", error_logger=logger)
+        if inspect.isawaitable(state):  # an async flow: its own event loop, in this thread
+            state = asyncio.run(state)
+    return state
+
+
+class WarmWorker(ProcessWorker):
+    type = "process"  # polls process pools, beside plain process workers
+    _description = "Execute flow runs inside the worker's own process, so loaded models are reused between runs."
+    _display_name = "Warm (in-process)"
+
+    def __init__(self, *args, limit: int | None = 1, **kwargs):
+        super().__init__(*args, limit=limit, **kwargs)
+        self._flows: dict[str, Flow] = {}  # entrypoint -> flow, loaded once
+        self._flow_lock = asyncio.Lock()
+        self._not_started: set[UUID] = set()  # handed to this worker, not yet in the engine
+        self._cancelled: set[UUID] = set()  # cancelled before the engine got them
+        self._settings = heartbeat_settings()
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        return "genbundle-warm"  # its own key in Prefect's worker registry: "process" stays ProcessWorker
+
+    @property
+    def slots(self) -> int | None:
+        """Flow runs this worker executes at once (its GPU slots)."""
+        return self._limit
+
+    async def _flow(self, flow_run: FlowRun) -> Flow:
+        from prefect.flows import load_flow_from_flow_run
+
+        if flow_run.deployment_id is None:
+            raise ValueError("a warm worker runs deployment runs only")
+        entrypoint = (await self.client.read_deployment(flow_run.deployment_id)).entrypoint
+        async with self._flow_lock:
+            if entrypoint not in self._flows:
+                # its client is injected (Prefect 3.9: `client_injector`): the flow run is the first argument
+                flow = await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)
+                self._flows[entrypoint] = flow
+            return self._flows[entrypoint]
+
+    def _warn_unapplied_env(self, flow_run: FlowRun, configuration: ProcessJobConfiguration) -> None:
+        """A subprocess would get the pool's and deployment's `env`; a run here shares the worker's."""
+        unapplied = sorted(
+            key
+            for key, value in configuration.env.items()
+            if not key.startswith("PREFECT_") and os.environ.get(key) != value
+        )
+        if unapplied:
+            self.get_flow_run_logger(flow_run).warning(
+                "warm worker %r: this run shares the worker's environment, so %s from the pool or deployment "
+                "are not applied: set them where the worker starts",
+                self.name, ", ".join(unapplied),
+            )  # fmt: skip
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus | None = None,
+    ) -> ProcessWorkerResult:
+        flow = await self._flow(flow_run)  # a failure here is reported by the base worker: run Crashed
+        identifier = f"{PID_PREFIX}{flow_run.id}"
+        self._not_started.add(flow_run.id)
+        (task_status or anyio.TASK_STATUS_IGNORED).started(identifier)
+        logger = self.get_flow_run_logger(flow_run)
+        try:
+            self._warn_unapplied_env(flow_run, configuration)
+            flow_run = await self.client.read_flow_run(flow_run.id)  # as the engine's subprocess reads it
+            if flow_run.id in self._cancelled or flow_run.state.is_final() or flow_run.state.is_cancelling():
+                if flow_run.state.is_cancelling():
+                    await self.client.set_flow_run_state(
+                        flow_run.id, Cancelled(message="Cancelled before it started."), force=True
+                    )
+                logger.info("warm worker %r: run cancelled before it started; not run", self.name)
+                return ProcessWorkerResult(status_code=0, identifier=identifier)
+            self._not_started.discard(flow_run.id)  # no await since the check: a cancel now finds it started
+            state = await anyio.to_thread.run_sync(
+                _execute, flow, flow_run, self._settings, logger, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():  # the worker is stopping with this run in flight
+            with anyio.CancelScope(shield=True):
+                await self._propose_crashed_state(flow_run, f"warm worker {self.name!r} stopped during the run")
+            raise
+        except Exception as err:  # noqa: BLE001 - the engine failed: the base worker marks the run Crashed
+            logger.error("warm worker %r could not run it: %s: %s", self.name, type(err).__name__, err)
+            return ProcessWorkerResult(status_code=1, identifier=identifier)
+        finally:
+            self._not_started.discard(flow_run.id)
+            self._cancelled.discard(flow_run.id)
+        if state.is_cancelling():  # cancelled while in the engine, which cannot stop it here: it finished first
+            message = f"Cancelled while running in warm worker {self.name!r}; its work finished first."
+            await self.client.set_flow_run_state(flow_run.id, Cancelled(message=message), force=True)
+        # 0 even for a Failed run: the engine set its state; non-zero would have it marked Crashed.
+        return ProcessWorkerResult(status_code=0, identifier=identifier)
+
+    async def kill_infrastructure(
+        self, infrastructure_pid: str, configuration: ProcessJobConfiguration, grace_seconds: int = 30
+    ) -> None:
+        """Cancel a run that has not entered the engine yet; never kill a process (it would be this one)."""
+        if not infrastructure_pid.startswith(PID_PREFIX):
+            raise InfrastructureNotAvailable(f"{infrastructure_pid!r} is not a run of a warm worker")
+        flow_run_id = UUID(infrastructure_pid.removeprefix(PID_PREFIX))
+        if flow_run_id not in self._not_started:  # in the engine: it finishes (the base worker then leaves it be)
+            raise InfrastructureNotAvailable(f"flow run {flow_run_id} is running inside warm worker {self.name!r}")
+        self._cancelled.add(flow_run_id)  # run() skips it; the base worker marks it Cancelled
+
+
+async def _check_pool(pool: str) -> None:
+    """A server to poll, and the pool on it: refused at once, not warned about at every poll."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api.url
+    if not api:
+        raise UserError("no Prefect server to take runs from: set PREFECT_API_URL")
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise UserError(
+                f"work pool {pool} is not on the Prefect server {api}: create it with `genbundle deploy`"
+            ) from None
+        except httpx.TransportError as err:
+            raise UserError(
+                f"cannot reach the Prefect server {api} ({err}): start it, or fix PREFECT_API_URL"
+            ) from None
+
+
+async def serve(pool: str, slots: int = 1, name: str | None = None) -> None:
+    """Poll `pool` and run its flow runs in this process, `slots` at a time, until stopped."""
+    await _check_pool(pool)
+    worker = WarmWorker(work_pool_name=pool, limit=slots, name=name, create_pool_if_not_found=False)
+    await worker.start()
