@@ -48,8 +48,9 @@ def heartbeat_settings() -> dict:
     """The settings a run here gets: heartbeats every HEARTBEAT_SECONDS, unless the operator chose."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings
 
-    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
-        return {}
+    flows = get_current_settings().flows
+    if "heartbeat_frequency" in flows.model_fields_set and flows.heartbeat_frequency is not None:
+        return {}  # the operator's frequency; "off" (None, as genbundle run sets it) does not hold here
     return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}
 
 
