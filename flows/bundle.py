@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import opaque
 
 from flows.generate import dispatch_generations, raise_failures
 from tasks.artifacts import publish_summary
@@ -190,20 +191,22 @@ def asset_bundle(brief: Brief, out: str | None = None, storage: str | None = Non
     files = sign_assets(files, generated, workspace)  # C2PA credentials, before the manifest hashes the files
     timings["total_before_store"] = time.perf_counter() - started
 
+    # opaque(x): Prefect records the task that made x as this call's input without walking all of x's
+    # fields for other tasks' results (about 10 ms of this thread for a manifest; the graph keeps its edges).
     with tracked("manifest"):
-        manifest = make_manifest(bundle, brief, prompts, generated, files, notes, timings)
+        manifest = make_manifest(bundle, brief, prompts, generated, opaque(files), notes, timings)
     page = render_page(manifest)  # index.html, the bundle's page: shows the manifest's hashes, stored before it
     upload = None
     # Two runs of one brief at once (a schedule and a trigger) store and upload it in turn: the second
     # finds the first's bundle complete and changes nothing, instead of replacing files the first uploads.
     with workspace.lock(bundle):
         with tracked("store"):
-            location = store_bundle(manifest, paths_by_name(manifest, files), out, page)
+            location = store_bundle(opaque(manifest), paths_by_name(manifest, files), out, page)
         if is_s3_url(storage):
             with tracked("upload") as stage:
                 upload = upload_bundle(location, storage)
                 stage.detail = upload.summary()
             logger.info("%s: %s", upload.url, stage.detail)
-    publish_summary(manifest, location, upload)
+    publish_summary(opaque(manifest), location, upload)
     logger.info("bundle stored at %s", upload.url if upload else location)
     return upload.url if upload else location

@@ -1,6 +1,6 @@
 """Prefect for a flow run started from the command line, in this process.
 
-Two things Prefect does by default cost a command-line run more than its work does (measured on a
+What Prefect does by default that costs a command-line run more than its work does (measured on a
 2-core machine, see BENCHMARKS.md):
 
 - With no API configured, Prefect's ephemeral mode first imports its whole server into this
@@ -11,6 +11,8 @@ Two things Prefect does by default cost a command-line run more than its work do
   stopped at the end of each run by joining a thread that sleeps in 1 s steps: up to a second per
   flow run, and per bundle in a batch. A command-line run is watched by the person who started it,
   so they are off unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set. Workers keep them.
+- The server records task runs one state event at a time, and each flow run makes its own API
+  client: the temporary server records them in batches, and the runs share one client.
 
 With PREFECT_API_URL configured (a server or Prefect Cloud), runs go there as always.
 """
@@ -66,6 +68,11 @@ class TemporaryServer:
         # SQLite's wait for a locked database, 10 s by default, after which the API answers 503: on a
         # loaded 2-core machine one bundle of a 50-brief batch failed so (benchmarks/batch_memory.py).
         env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
+        # Task runs are recorded from their state events, by default one event per database transaction:
+        # about 35 ms of the server's CPU per task run, taken from the models on 2 cores (a bundle has 15).
+        # Written in batches, at most a second late (and all of them when the server stops), a third of that.
+        env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "100")
+        env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
         command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
         self.process = subprocess.Popen(
@@ -107,8 +114,10 @@ def local_prefect() -> Iterator[TemporaryServer | None]:
 
     Call `wait_ready()` on the server before the first flow run.
     """
+    from prefect.context import SyncClientContext
     from prefect.settings import (
         PREFECT_API_URL,
+        PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         get_current_settings,
         temporary_settings,
@@ -120,8 +129,13 @@ def local_prefect() -> Iterator[TemporaryServer | None]:
     server = None if get_current_settings().api.url else TemporaryServer()
     if server:
         updates[PREFECT_API_URL] = server.api_url
+        # It runs this interpreter's Prefect, so there is no version to check, and the client can be
+        # made before it answers.
+        updates[PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED] = False
     try:
-        with temporary_settings(updates=updates):
+        # The runs share one API client: each flow run would otherwise make its own, with a TLS context
+        # loaded from disk (about 40 ms of CPU, even for http://) and a new connection.
+        with temporary_settings(updates=updates), SyncClientContext() if server else nullcontext():
             yield server
     finally:
         if server:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from tasks.manifest import Manifest, cover_alt_text
 from tasks.s3 import UploadReport
@@ -104,7 +105,7 @@ def summary_markdown(manifest: Manifest, location: str, upload: UploadReport | N
     return "\n".join(lines)
 
 
-@task(name="publish-summary")
+@task(name="publish-summary", cache_policy=NO_CACHE)
 def publish_summary(manifest: Manifest, location: str, upload: UploadReport | None = None) -> str:
     """Publish the bundle's summary as a markdown artifact keyed by bundle id; returns its markdown.
 

@@ -17,6 +17,7 @@ from math import gcd
 
 import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.logs import run_logger
 from tasks.media import MediaError
@@ -165,7 +166,7 @@ def normalise(samples: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: 
     }
 
 
-@task(name="normalise-sound")
+@task(name="normalise-sound", cache_policy=NO_CACHE)
 def normalise_sound(
     raw: StepResult, workspace: Workspace, target_lufs: float = -14.0, ceiling_dbtp: float = -1.0
 ) -> NormalisedSound:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.energy import Energy, metered
 from tasks.files import atomic_path
@@ -52,7 +53,7 @@ def faithfulness(caption: str, prompt: str) -> tuple[list[str], bool]:
     return shared, not shared
 
 
-@task(name="caption-cover")
+@task(name="caption-cover", cache_policy=NO_CACHE)
 def caption_cover(cover: StepResult, prompt: str, profile: str, workspace: Workspace) -> Caption:
     """Caption the untitled cover (greedy decoding: the same cover gives the same caption)."""
     import torch

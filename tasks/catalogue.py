@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.audio import integrated_loudness, true_peak_db
 from tasks.brief import Brief
@@ -136,7 +137,7 @@ def _licences(sources: tuple[str, ...], generated: dict[str, Generated]) -> list
     ]
 
 
-@task(name="write-manifest")
+@task(name="write-manifest", cache_policy=NO_CACHE)
 def make_manifest(
     bundle: str,
     brief: Brief,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.brief import BriefError
@@ -269,7 +270,7 @@ def typeset(image: Image.Image, title: str, author: str, tagline: str | None = N
     return titled, details
 
 
-@task(name="title-cover")
+@task(name="title-cover", cache_policy=NO_CACHE)
 def title_cover(
     cover: StepResult,
     workspace: Workspace,

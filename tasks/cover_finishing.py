@@ -55,8 +55,15 @@ class CoverFinish(BaseModel):
 
 
 def submit_task(task, *args):
-    """Start a Prefect task; returns its future."""
-    return task.submit(*args)
+    """Start a Prefect task; returns its future.
+
+    A future among the arguments goes in as opaque(future): still the task's input in the UI and
+    awaited for its result, but Prefect neither reads its state from the API first (a request per
+    future, to find nested runs this flow does not have) nor walks through the result it gives."""
+    from prefect.futures import PrefectFuture
+    from prefect.utilities.annotations import opaque
+
+    return task.submit(*(opaque(arg) if isinstance(arg, PrefectFuture) else arg for arg in args))
 
 
 def result_of(value):

@@ -13,6 +13,7 @@ import re
 from functools import lru_cache
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.brief import Brief
@@ -160,7 +161,7 @@ def rewrite_with_model(model: str):
     return rewrite
 
 
-@task(name="expand-prompts")
+@task(name="expand-prompts", cache_policy=NO_CACHE)
 def expand_prompts(brief: Brief) -> PromptSet:
     """Expand each role's prompt with its engine's template and tokenizer."""
     model = get_settings().prompt_model

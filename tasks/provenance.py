@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.brief import BriefError
@@ -284,7 +285,7 @@ def sign_file(source: Path, dest: Path, definition: dict, ingredients: dict[str,
         builder.sign(_signer(key), SIGNABLE[source.suffix.lower()], src, out)
 
 
-@task(name="sign-assets")
+@task(name="sign-assets", cache_policy=NO_CACHE)
 def sign_assets(files: list[BundleFile], generated: dict[str, Generated], workspace: Workspace) -> list[BundleFile]:
     """With a signing certificate, each PNG, WAV and MP4 replaced by a signed copy made in the work
     area (keyed by its source, the certificate's fingerprint and this code, so a re-run reuses it);

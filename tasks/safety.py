@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.disclosure import png_info
 from tasks.energy import Energy, metered
@@ -63,7 +64,7 @@ class SafetyVerdict(StepResult):
     compute: Energy | None = None  # the checker's run, on the runtime device
 
 
-@task(name="check-cover-safety")
+@task(name="check-cover-safety", cache_policy=NO_CACHE)
 def check_cover_safety(cover: StepResult, profile: str, workspace: Workspace, action: str = "blur") -> SafetyVerdict:
     """Run the safety checker on the cover and apply the action when it flags it."""
     import numpy as np

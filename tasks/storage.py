@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.files import atomic_path, sha256_file
 from tasks.manifest import MANIFEST_NAME, Manifest, ManifestError
@@ -83,7 +84,7 @@ def storage_target(storage: str | None = None) -> str | None:
     return value
 
 
-@task(name="store-bundle")
+@task(name="store-bundle", cache_policy=NO_CACHE)
 def store_bundle(manifest: Manifest, files: dict[str, str], out: str | None = None, page: str | None = None) -> str:
     """Write the files (name -> path in the work area), the bundle page (`page`, the HTML of index.html),
     then the manifest, into `<out>/<bundle-id>/`.
@@ -141,7 +142,7 @@ def _same_bundle(folder: Path, stored: Manifest | None, manifest: Manifest) -> b
     )
 
 
-@task(name="upload-bundle", tags=["storage"])
+@task(name="upload-bundle", tags=["storage"], cache_policy=NO_CACHE)
 def upload_bundle(location: str, storage: str):
     """Upload the stored local bundle to S3-compatible storage, manifest last (see tasks/s3.py)."""
     from tasks.s3 import parse_s3_url, upload_bundle_dir

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from tasks.disclosure import png_info
@@ -177,7 +178,7 @@ def reverse_frames(pipe, saved: dict) -> list[tuple[str, Image.Image]]:
     return list(zip(reverse_labels(saved), [_decode(pipe, latents) for latents in saved["latents"]], strict=True))
 
 
-@task(name="trace-diffusion")
+@task(name="trace-diffusion", cache_policy=NO_CACHE)
 def trace_diffusion(cover: Generated, workspace: Workspace) -> Trace:
     """Filmstrips of the forward (noising) and reverse (denoising) process, and the noise schedule,
     from a generated cover and the latents its engine kept (`cover.files["reverse_trace"]`)."""

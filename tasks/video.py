@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks import disclosure
 from tasks.disclosure import ffmpeg_metadata, png_info
@@ -36,7 +37,7 @@ def video_duration(path: Path) -> float:
     return video.duration
 
 
-@task(name="mux-sound-onto-video")
+@task(name="mux-sound-onto-video", cache_policy=NO_CACHE)
 def mux_sound_onto_video(video: StepResult, sound: StepResult, workspace: Workspace) -> Muxed:
     """Put the engine sound on the clip as AAC, fitted to the clip's length, video stream copied."""
     import soundfile as sf
@@ -76,7 +77,7 @@ class Poster(StepResult):
     seconds: float = 0.0  # ffmpeg's work on the CPU
 
 
-@task(name="make-poster")
+@task(name="make-poster", cache_policy=NO_CACHE)
 def make_poster(video: StepResult, workspace: Workspace) -> Poster:
     """A poster frame: ffmpeg's thumbnail filter picks the most representative frame."""
     step = workspace.step("poster", {"video": video.key}, make_poster.fn, disclosure)

@@ -86,3 +86,51 @@ def test_video(workspace):
     assert (stream.kind, stream.codec, stream.pix_fmt) == ("video", "h264", "yuv420p")
     assert (stream.width, stream.height, stream.frames) == (64, 32, 6)
     assert stream.duration == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.fixture
+def progress_writes(monkeypatch):
+    """The progress artifact API calls, as ("create" | "update", percent)."""
+    import prefect.artifacts
+
+    writes = []
+
+    def create(progress, description):
+        writes.append(("create", progress))
+        return "the-artifact-id"
+
+    def update(artifact_id, progress):
+        assert artifact_id == "the-artifact-id"
+        writes.append(("update", progress))
+
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", create)
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", update)
+    return writes
+
+
+def _progress_in_a_task_run(job, clock):
+    """A generation's step callback as made inside a task run (it looks for one once, when made)."""
+    import prefect.context
+
+    from tasks.generation import step_progress
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefect.context.TaskRunContext, "get", lambda: object())
+        return step_progress(job, clock)
+
+
+def test_progress_is_written_at_most_every_half_second_and_at_the_last_step(progress_writes):
+    """Each write is an API call in the denoising thread: steps of 0.2 s write every third step, then 100 %."""
+    now = [0.0]
+    on_step = _progress_in_a_task_run(_job("cover").model_copy(update={"steps": 10}), lambda: now[0])
+    for step in range(10):
+        now[0] += 0.2
+        on_step(step)
+    assert progress_writes == [("create", 30.0), ("update", 60.0), ("update", 90.0), ("update", 100.0)]
+
+
+def test_a_generation_done_within_half_a_second_writes_its_progress_once(progress_writes):
+    on_step = _progress_in_a_task_run(_job("sound").model_copy(update={"steps": 4}), lambda: 0.0)
+    for step in range(4):
+        on_step(step)
+    assert progress_writes == [("create", 100.0)]

@@ -29,10 +29,34 @@ print("exited", server.process.poll() is not None)
 """
 
 
-def run_script(tmp_path: Path, **env) -> dict[str, str]:
+# The temporary server records task runs in batches (flows/local_prefect.py): all of them, with their final
+# states, must be in the database once the command ends, as a Prefect UI started on it later shows them.
+TASK_RUNS_SCRIPT = """
+import sqlite3
+from prefect import flow, task
+from prefect.settings import get_current_settings
+from flows.local_prefect import local_prefect
+
+@task
+def double(x):
+    return 2 * x
+
+@flow
+def doubles():
+    return sum(f.result() for f in [double.submit(i) for i in range(4)]) + double(4)
+
+with local_prefect() as server:
+    server.wait_ready()
+    print("value", doubles(), doubles())
+database = sqlite3.connect(get_current_settings().home / "prefect.db")
+print("task-runs", sorted(database.execute("select state_type from task_run").fetchall()))
+"""
+
+
+def run_script(tmp_path: Path, script: str = SCRIPT, **env) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     environ |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(Path(__file__).parents[1]), **env}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=environ, timeout=180)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     return dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
 
@@ -40,6 +64,11 @@ def run_script(tmp_path: Path, **env) -> dict[str, str]:
 def test_a_temporary_server_serves_the_run_and_is_stopped_after(tmp_path):
     seen = run_script(tmp_path)
     assert seen == {"value": "42", "heartbeat": "None", "api": "True", "exited": "True"}
+
+
+def test_every_task_run_is_recorded_with_its_final_state(tmp_path):
+    seen = run_script(tmp_path, TASK_RUNS_SCRIPT)
+    assert seen == {"value": "20 20", "task-runs": str([("COMPLETED",)] * 10)}
 
 
 def test_heartbeats_set_by_the_user_are_kept(tmp_path):
