@@ -29,7 +29,7 @@ print("exited", server.process.poll() is not None)
 """
 
 
-# The temporary server records task runs in batches (flows/local_prefect.py): all of them, with their final
+# The temporary server records task runs and events in batches (flows/local_prefect.py): all of them, with their final
 # states, must be in the database once the command ends, as a Prefect UI started on it later shows them.
 TASK_RUNS_SCRIPT = """
 import sqlite3
@@ -50,6 +50,7 @@ with local_prefect() as server:
     print("value", doubles(), doubles())
 database = sqlite3.connect(get_current_settings().home / "prefect.db")
 print("task-runs", sorted(database.execute("select state_type from task_run").fetchall()))
+print("task-run-events", database.execute("select count(*) from events where event like 'prefect.task-run.%'").fetchone()[0])
 """
 
 
@@ -68,7 +69,8 @@ def test_a_temporary_server_serves_the_run_and_is_stopped_after(tmp_path):
 
 def test_every_task_run_is_recorded_with_its_final_state(tmp_path):
     seen = run_script(tmp_path, TASK_RUNS_SCRIPT)
-    assert seen == {"value": "20 20", "task-runs": str([("COMPLETED",)] * 10)}
+    # and their events (Pending, Running, Completed each), stored in batches too
+    assert seen == {"value": "20 20", "task-runs": str([("COMPLETED",)] * 10), "task-run-events": "30"}
 
 
 def test_heartbeats_set_by_the_user_are_kept(tmp_path):
