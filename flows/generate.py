@@ -2,8 +2,12 @@
 
 One flow serves every engine: it takes a list of jobs, so one model load serves them all (the
 batch flow hands a role all its briefs at once), and reports each job's outcome: one bad job
-fails alone. For a cover it also does every model step the bundle will ask of it (safety check,
-caption, diffusion trace: tasks/cover_finishing.py), so the CPU pool needs none of those models.
+fails alone. Jobs of one engine with the same settings go through the pipeline together, in its
+batch dimension (tasks/generation.py: plan_batches, generate_batch), so a batch of briefs costs
+fewer GPU passes. For a cover it also does every model step the bundle will ask of it (safety
+check, caption, diffusion trace: tasks/cover_finishing.py), so the CPU pool needs none of those
+models. Between batches it stops starting new ones when its run is being cancelled (a warm
+worker runs it in its own process and cannot kill it).
 
 Everything travels through the work area: the files, each run's report, and the dispatcher's
 note of where a job's output lies. A worker keeps its own work area (its GENBUNDLE_OUT) and hands
@@ -15,10 +19,9 @@ Generation keys hold the worker's device and dtype, which only the worker knows.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from pydantic import BaseModel
 
 import tasks.generation
@@ -26,7 +29,7 @@ from flows.dispatch_watch import Stalled, await_runs, cancel_runs
 from tasks.cover_finishing import CoverFinish, finish_cover
 from tasks.engines import ROLES, engine
 from tasks.errors import UserError
-from tasks.generation import Generated, generate
+from tasks.generation import Generated, generate_batch, plan_batches
 from tasks.jobs import Job
 from tasks.policy import check_jobs
 from tasks.workspace import RESULT_NAME, Step, StepResult, Workspace
@@ -74,45 +77,78 @@ def _run_name() -> str:
     return f"{jobs[0].role}-{slug}-seed{jobs[0].seed}{more}"
 
 
-def _run_jobs(jobs: list[Job], make: Callable[[int, Job], StepResult], workspace: Workspace):
-    """Make each job, catching its failure; report the outcomes in the work area and return them.
-    The run ends Failed, with the outcomes as its result, when any job failed."""
+CANCELLED_ERROR = "not started: the generation run was cancelled"
+
+
+def _cancelling() -> bool:
+    """Whether this flow run is being cancelled (one API read): Cancelling or Cancelled on the server."""
+    from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    logger = get_run_logger()
-    outcomes = []
-    for i, job in enumerate(jobs):
-        try:
-            check_jobs([job])  # jobs may come straight to this flow, not through a bundle's preflight
-            outcomes.append(JobOutcome(key=make(i, job).key))
-        except Exception as err:  # noqa: BLE001 - one bad job must not cost the others theirs
-            logger.error("%s job %d (seed %d) failed: %s: %s", job.role, i + 1, job.seed, type(err).__name__, err)
-            outcomes.append(JobOutcome(error=f"{type(err).__name__}: {err}"))
-    _record(_report_step(workspace, flow_run.get_id()), RunReport, outcomes=outcomes)
-    failed = sum(o.error is not None for o in outcomes)
-    if failed:
-        return Failed(message=f"{failed} of {len(jobs)} generation jobs failed", data=outcomes)
-    return outcomes
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.get_id()).state
+    except Exception:  # noqa: BLE001 - an API hiccup must not cost the jobs made so far: go on
+        return False
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
 @flow(name="generate", flow_run_name=_run_name, persist_result=True)
 def generate_jobs(
     jobs: list[Job], remote: str | None = None, finish: list[CoverFinish | None] | None = None
 ) -> list[JobOutcome]:
-    """Generate a list of jobs, any engine, one after another in this process (each pipeline loads once),
-    in this machine's work area, mirrored to `remote` (the dispatcher's s3:// work area) when given.
-    `finish` (one entry per job, or none) asks for a cover's finishing model steps too."""
+    """Generate a list of jobs, any engine, in this process (each pipeline loads once), those with the same
+    engine and settings batched into one pipeline call (GENBUNDLE_GENERATION_BATCH at most), in this
+    machine's work area, mirrored to `remote` (the dispatcher's s3:// work area) when given.
+    `finish` (one entry per job, or none) asks for a cover's finishing model steps too.
+
+    Each job's outcome goes into the run's report in the work area, and is its result. The run ends
+    Failed, with the outcomes as its result, when any job failed; Cancelled when it stopped early."""
+    from prefect.runtime import flow_run
+
     if finish is not None and len(finish) != len(jobs):
         raise ValueError(f"finish: {len(finish)} entries for {len(jobs)} jobs; give one per job")
     workspace = Workspace.for_worker(remote)
+    logger = get_run_logger()
+    outcomes: list[JobOutcome | None] = [None] * len(jobs)
 
-    def make(i: int, job: Job) -> Generated:
-        made = generate(job, workspace)
-        if finish is not None and finish[i] is not None:
-            finish_cover(made, finish[i], workspace)
-        return made
+    def failed(i: int, error: str) -> None:
+        logger.error("%s job %d (seed %d) failed: %s", jobs[i].role, i + 1, jobs[i].seed, error)
+        outcomes[i] = JobOutcome(error=error)
 
-    return _run_jobs(jobs, make, workspace)
+    checked = []
+    for i, job in enumerate(jobs):
+        try:
+            check_jobs([job])  # jobs may come straight to this flow, not through a bundle's preflight
+            checked.append(i)
+        except Exception as err:  # noqa: BLE001 - one bad job must not cost the others theirs
+            failed(i, f"{type(err).__name__}: {err}")
+    batches = [[checked[k] for k in batch] for batch in plan_batches([jobs[i] for i in checked])]
+    for n, batch in enumerate(batches):
+        # A warm worker cannot kill a cancelled run: it stops here, before its next batch, instead.
+        if n and _cancelling():
+            for i in (i for rest in batches[n:] for i in rest):
+                outcomes[i] = JobOutcome(error=CANCELLED_ERROR)
+            logger.warning("run cancelled: %d of %d jobs not started", sum(map(len, batches[n:])), len(jobs))
+            break
+        for i, made in zip(batch, generate_batch([jobs[i] for i in batch], workspace), strict=True):
+            if isinstance(made, str):
+                failed(i, made)
+                continue
+            try:
+                if finish is not None and finish[i] is not None:
+                    finish_cover(made, finish[i], workspace)
+                outcomes[i] = JobOutcome(key=made.key)
+            except Exception as err:  # noqa: BLE001 - one bad job must not cost the others theirs
+                failed(i, f"{type(err).__name__}: {err}")
+    _record(_report_step(workspace, flow_run.get_id()), RunReport, outcomes=outcomes)
+    not_started = sum(o.error == CANCELLED_ERROR for o in outcomes)
+    if not_started:
+        return Cancelled(message=f"cancelled: {not_started} of {len(jobs)} generation jobs not started", data=outcomes)
+    errors = sum(o.error is not None for o in outcomes)
+    if errors:
+        return Failed(message=f"{errors} of {len(jobs)} generation jobs failed", data=outcomes)
+    return outcomes
 
 
 # --- dispatching ---------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class EngineRun(BaseModel):
     device: str
     memory: str = "cpu"  # where the weights lived: cpu, gpu, model_offload or sequential_offload
     energy: Energy | None = None  # the generation's seconds and Wh, measured or estimated
+    batch: int = 1  # how many jobs shared its pipeline call; seconds and energy are its equal share of that call
 
 
 class AssetLicence(BaseModel):

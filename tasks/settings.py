@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         "the bundle run ends, naming the pool.",
     )  # fmt: skip
 
+    # Jobs of one engine with the same settings (their prompts and seeds aside) go through one pipeline call,
+    # this many at most (tasks/generation.py); 1 makes them one by one. More per call costs more GPU memory.
+    generation_batch: int = Field(
+        4, ge=1, le=64, description="Jobs with the same engine and settings generated together in one pipeline call."
+    )
+
     # Storage: bundles are always written under `out`; with an s3:// URL here they are uploaded too.
     # The S3 endpoint, region and credentials come from the standard AWS_* variables.
     # Checked by tasks.storage.storage_target, so a bad value is one clear line, not a settings traceback.

@@ -45,6 +45,7 @@ class AudioLDM(Engine):
         negative="low quality, noise, hiss, distortion, clipping, music, speech",
     )
     vram_headroom_gib = 1.0
+    batchable = True  # prompts, negative prompts and generators as lists
     code = (write_wav,)
 
     def build_tiny(self):
@@ -117,19 +118,21 @@ class AudioLDM(Engine):
             vocoder=vocoder,
         )
 
-    def call(self, pipe, job, generator, on_step):
+    def call_batch(self, pipe, jobs, generators, on_step):
         # AudioLDMPipeline predates callback_on_step_end: its per-step `callback` is the only hook it has.
-        audio = pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            audio_length_in_s=job.params["duration"],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            generator=generator,
+        first = jobs[0]  # the jobs share every setting but their prompts and seeds
+        audios = pipe(
+            prompt=[job.prompt for job in jobs],
+            negative_prompt=[job.negative_prompt for job in jobs],
+            audio_length_in_s=first.params["duration"],
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=list(generators),
             callback=lambda i, t, latents: on_step(i),
             callback_steps=1,
-        ).audios[0]
-        return np.asarray(audio, dtype=np.float32), int(pipe.vocoder.config.sampling_rate)
+        ).audios
+        rate = int(pipe.vocoder.config.sampling_rate)
+        return [(np.asarray(audio, dtype=np.float32), rate) for audio in audios]
 
     def write(self, output, path: Path, job, disclosure) -> dict[str, str]:
         samples, rate = output

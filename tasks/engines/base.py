@@ -84,7 +84,8 @@ class Role:
 
 
 class Engine:
-    """Base of every engine; subclasses set the class attributes and implement build_tiny, call, write."""
+    """Base of every engine; subclasses set the class attributes and implement build_tiny, call (or
+    call_batch, when batchable) and write."""
 
     name: ClassVar[str]  # what a brief names it by: `cover.engine: sd15`
     role: ClassVar[str]
@@ -105,6 +106,9 @@ class Engine:
     denoiser: ClassVar[str] = "unet"  # the pipeline component that denoises (for attention checks, compile)
     vram_headroom_gib: ClassVar[float] = 2.0  # activations beyond the weights at the full profile's defaults
     traceable: ClassVar[bool] = False  # whether the diffusion trace can picture its latents (an image VAE)
+    # Whether `call_batch` takes several jobs (same settings, their own prompts and seeds) in one pipeline
+    # call, through the batch dimension: fewer GPU passes for a batch of briefs.
+    batchable: ClassVar[bool] = False
     code: ClassVar[tuple[Any, ...]] = ()  # functions and modules outside this file that shape its output
     # Weights it needs besides the pipeline's, by name (e.g. a LoRA adapter): hub ids, fetched by
     # `genbundle models pull`, found with `models.weights_source`; the tiny build carries its own.
@@ -124,8 +128,22 @@ class Engine:
         raise NotImplementedError
 
     def call(self, pipe, job, generator, on_step):
-        """Run the pipeline for a job; call `on_step(i)` after denoising step i (callback_on_step_end)."""
-        raise NotImplementedError
+        """Run the pipeline for a job; call `on_step(i)` after denoising step i (callback_on_step_end).
+        A batchable engine implements `call_batch` instead; this is then its batch of one."""
+        if type(self).call_batch is Engine.call_batch:
+            raise NotImplementedError
+        return self.call_batch(pipe, [job], [generator], on_step)[0]
+
+    def call_batch(self, pipe, jobs, generators, on_step) -> list:
+        """Run the pipeline once for jobs that differ only in prompts and seed: one output per job, in order.
+        `generators` are the jobs' own (one CPU generator each), so diffusers' randn_tensor draws each item's
+        noise from its job's seed, as a single run would. The outputs may still differ from single runs in
+        the last bits (batched matmuls add up in another order). Only a `batchable` engine implements it."""
+        if self.batchable:
+            raise NotImplementedError
+        if len(jobs) != 1:
+            raise ValueError(f"engine {self.name} cannot batch: give it one job at a time")
+        return [self.call(pipe, jobs[0], generators[0], on_step)]
 
     def write(self, output, path: Path, job, disclosure) -> dict[str, str]:
         """Write the output to `path` with its disclosure; return side files made beside it, by name."""

@@ -59,6 +59,7 @@ class StableDiffusion15(Engine):
     load_kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     vram_headroom_gib = 2.0
     traceable = True
+    batchable = True  # prompts, negative prompts and generators as lists (sd15-lcm and sdxl inherit it)
 
     def build_tiny(self):
         from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -89,28 +90,34 @@ class StableDiffusion15(Engine):
             requires_safety_checker=False,
         )
 
-    def call(self, pipe, job, generator, on_step):
+    def call_batch(self, pipe, jobs, generators, on_step):
         from tasks.trace import ReverseTrace
 
-        snapshots = ReverseTrace()
+        snapshots = [ReverseTrace() for _ in jobs]  # one diffusion trace per job: its own item of the batch
 
         def on_step_end(pipe, i, t, tensors):
             on_step(i)
-            snapshots.keep(i, t, tensors["latents"], pipe.num_timesteps)  # PNDM runs more than job.steps
+            for k, trace in enumerate(snapshots):  # PNDM runs more than job.steps
+                trace.keep(i, t, tensors["latents"][k : k + 1], pipe.num_timesteps)
             return tensors
 
-        image = pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.params["width"],
-            height=job.params["height"],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            generator=generator,
-            output_type="pil",
+        first = jobs[0]  # the jobs share every setting but their prompts and seeds
+        images = self.images(
+            pipe,
+            prompt=[job.prompt for job in jobs],
+            negative_prompt=[job.negative_prompt for job in jobs],
+            width=first.params["width"],
+            height=first.params["height"],
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=list(generators),
             callback_on_step_end=on_step_end,
-        ).images[0]
-        return image, snapshots
+        )
+        return list(zip(images, snapshots, strict=True))
+
+    def images(self, pipe, **call) -> list:
+        """The pipeline's call, to one PIL image per prompt."""
+        return pipe(**call, output_type="pil").images
 
     def write(self, output, path: Path, job, disclosure) -> dict[str, str]:
         from tasks.disclosure import png_info

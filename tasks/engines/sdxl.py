@@ -117,33 +117,14 @@ class StableDiffusionXL(StableDiffusion15):
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
             pipe.vae.to(torch.float32)
 
-    def call(self, pipe, job, generator, on_step):
+    def images(self, pipe, **call) -> list:
         """As sd15's, but the pipeline stops at the latents and they are decoded here, in the VAE's precision."""
-        from tasks.trace import ReverseTrace
-
-        snapshots = ReverseTrace()
-
-        def on_step_end(pipe, i, t, tensors):
-            on_step(i)
-            snapshots.keep(i, t, tensors["latents"], pipe.num_timesteps)
-            return tensors
-
-        latents = pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.params["width"],
-            height=job.params["height"],
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-        ).images
-        return decode_latents(pipe, latents), snapshots
+        return decode_latents(pipe, pipe(**call, output_type="latent").images)
 
 
-def decode_latents(pipe, latents):
-    """The pipeline's own decode (unscale, VAE, post-process to PIL) with the latents cast to the VAE's dtype."""
+def decode_latents(pipe, latents) -> list:
+    """The pipeline's own decode (unscale, VAE, post-process to PIL images, one per item) with the latents
+    cast to the VAE's dtype."""
     from diffusers.utils.torch_utils import get_module_execution_device
 
     vae = pipe.vae
@@ -156,7 +137,7 @@ def decode_latents(pipe, latents):
     else:
         latents = latents / vae.config.scaling_factor
     pixels = vae.decode(latents, return_dict=False)[0]
-    return pipe.image_processor.postprocess(pixels, output_type="pil")[0]
+    return pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
 ENGINE = StableDiffusionXL()
