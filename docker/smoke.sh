@@ -10,7 +10,8 @@
 #    listen on 127.0.0.1 only, that the Prefect API refuses a request without its auth string,
 #    and that the UI is served, asks for a login and calls the published API address;
 # 4. runs the nightly deployment on the cpu worker, then a dispatched bundle whose generations
-#    run on workers for the three GPU pools served from the CPU image;
+#    run on warm workers (`genbundle worker --with-healthcheck`, as the GPU services run it) for
+#    the three GPU pools, served from the CPU image, healthy by their /health endpoint;
 # 5. verifies both bundles in the S3 store with `genbundle verify s3://...`;
 # 6. tears everything down (containers, volumes, network) and checks nothing is left.
 # Exits non-zero at the first failed check. Needs the images the compose file names
@@ -137,11 +138,18 @@ echo "UI served at http://127.0.0.1:$PORT_BASE with a login (basic auth)"
 step "nightly deployment on the cpu worker"
 compose exec -T worker-cpu prefect deployment run asset-bundle/nightly --watch --watch-timeout 600
 
-step "dispatched bundle: GPU pools served by workers on the CPU image"
-# Each with a /bundles of its own, as the GPU workers have: generations reach the bundle flow
-# only through the S3 store's work area.
+step "dispatched bundle: GPU pools served by warm workers on the CPU image"
+# The GPU services' command (compose.yaml, x-gpu-worker) on the CPU image: their device
+# reservations need a GPU. Each with a /bundles of its own, as the GPU workers have: generations
+# reach the bundle flow only through the S3 store's work area. worker-cpu's health check (GET
+# 127.0.0.1:8080/health) applies: the warm worker serves it with --with-healthcheck.
+gpu_worker=$(compose --profile gpu config --format json | python3 -c \
+  'import json, sys; print(" ".join(json.load(sys.stdin)["services"]["worker-gpu-image"]["entrypoint"][1:]))')
+case "$gpu_worker" in "worker "*"--with-healthcheck"*"--pool") ;; *) fail "unexpected GPU worker command: $gpu_worker" ;; esac
 for pool in gpu-image gpu-audio gpu-video; do
-  compose run -d --no-deps --name "$PROJECT-$pool" -v /bundles worker-cpu "$pool" >/dev/null
+  # shellcheck disable=SC2086  # $gpu_worker is the argument list
+  compose run -d --no-deps --name "$PROJECT-$pool" -v /bundles --entrypoint genbundle worker-cpu \
+    $gpu_worker "$pool" >/dev/null
 done
 for pool in gpu-image gpu-audio gpu-video; do
   for _ in $(seq 90); do
@@ -151,7 +159,7 @@ for pool in gpu-image gpu-audio gpu-video; do
   done
   [ "$health" = healthy ] || fail "the $pool worker is $health"
 done
-echo "gpu-image, gpu-audio and gpu-video workers healthy"
+echo "gpu-image, gpu-audio and gpu-video warm workers healthy ($gpu_worker <pool>)"
 DISPATCHED='{"title": "Smoke Dispatched", "author": "genbundle smoke test", "tagline": "Made across four workers"}'
 compose exec -T worker-cpu prefect deployment run asset-bundle/dispatched \
   --param "brief=$DISPATCHED" --watch --watch-timeout 900
@@ -167,7 +175,13 @@ for title in "The Glowing Forest" "Smoke Dispatched"; do
 done
 dispatched_url=$(echo "$listing" | grep -F "Smoke Dispatched" | grep -o 's3://[^ ]*' | head -1)
 for pool in gpu-image gpu-audio gpu-video; do
-  docker logs "$PROJECT-$pool" 2>&1 | grep -q "submitting flow run" \
+  # Read whole first: `docker logs | grep -q` under pipefail fails when grep stops reading early.
+  worker_log=$(docker logs "$PROJECT-$pool" 2>&1)
+  grep -q "submitting flow run" <<<"$worker_log" \
     || fail "the $pool worker ran no flow run: the dispatched bundle did not go through it"
+  # A warm worker (its default name says so) ran it in its own process; the generations themselves
+  # may be the nightly bundle's, found finished in the S3 work area (same prompts and seed).
+  grep -q "Worker 'WarmWorker [^']*' submitting flow run" <<<"$worker_log" \
+    || { tail -40 <<<"$worker_log"; fail "the $pool runs did not go through a warm worker (genbundle worker)"; }
 done
 echo "verified: the nightly bundle and $dispatched_url"

@@ -2,7 +2,7 @@
 
     genbundle run [BRIEF.yaml|json] [--title ... --author ... --seed N --models tiny|full --out DIR --allow-large]
     genbundle models pull --models tiny|full
-    genbundle worker --pool gpu-image [--slots N] [--name NAME]
+    genbundle worker --pool gpu-image [--slots N] [--name NAME] [--with-healthcheck]
 
 Exit codes: 0 done, 1 the run failed (or full models, the bucket or the server are missing), 2 the
 input is invalid: a brief field, a flag, a GENBUNDLE_* setting, a file or an output folder named.
@@ -378,10 +378,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from flows.warm_worker import serve
 
     if args.pool not in (CPU_POOL, *GPU_POOLS):
-        raise InputError(f"--pool {args.pool}: not a genbundle work pool; give one of {', '.join(GPU_POOLS)}, {CPU_POOL}")
+        raise InputError(
+            f"--pool {args.pool}: not a genbundle work pool; give one of {', '.join(GPU_POOLS)}, {CPU_POOL}"
+        )
     if args.name is not None and (not args.name.strip() or "/" in args.name or "%" in args.name):
         raise InputError(f"--name {args.name!r}: give a name without '/' or '%', or leave it out")
-    anyio.run(serve, args.pool, args.slots, args.name)
+    anyio.run(serve, args.pool, args.slots, args.name, args.with_healthcheck)
     return 0
 
 
@@ -559,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", required=True, help="the work pool to take runs from, e.g. gpu-image")
     worker.add_argument("--slots", type=_positive, default=1, help="runs at once: the GPU's slots (default 1)")
     worker.add_argument("--name", help="the worker's name on the server (default: a generated one)")
+    worker.add_argument(
+        "--with-healthcheck", action="store_true",
+        help="serve GET /health (Prefect's worker health server, on PREFECT_WORKER_WEBSERVER_HOST:PORT,"
+        " default 0.0.0.0:8080): 200 while the worker polls its pool, 503 once it stops",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
     verify = sub.add_parser("verify", help="re-hash a stored bundle against its manifest, check its C2PA credentials")

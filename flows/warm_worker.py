@@ -11,12 +11,27 @@ flow run with Prefect's engine (`run_flow`) in a thread of this process. The run
 runs: states, logs and heartbeats reach the server as they do from a subprocess. The worker's
 limit is its GPU slots: how many runs it executes at once (default 1).
 
-What a subprocess would have had and a run here does not: the pool's or deployment's `env` (a
-run shares the worker's environment, so those are named in a warning: set them where the worker
-starts), and being killed on cancellation (a run not started yet is not run; a running one
-finishes its work, then is marked Cancelled; the worker never kills itself). A worker stopped
-with a run in flight marks it Crashed. Flow-run heartbeats are on, every HEARTBEAT_SECONDS
-unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: the dispatcher tells a dead worker by them.
+Environment: a process worker gives each run's subprocess its own environment updated by the job
+`env` (pool defaults, then the deployment's and the run's job variables). Runs here share the
+worker's process, so the worker applies its pool's `env` defaults once, to its own environment,
+when it starts (`apply_pool_env`: read from the API; the pool's values win over the worker's own, as
+they would in a subprocess; the log names the variables, never their values). PREFECT_* variables
+are not applied (Prefect's settings are read when the process starts): set them where the worker
+starts. What it cannot apply: a deployment's or run's `env`, or a pool change made after it started
+(runs share one environment): a run whose env differs names those variables in a warning.
+
+What a subprocess would have had and a run here does not, beside that: being killed on
+cancellation (a run not started yet is not run; a running one finishes its work, then is marked
+Cancelled; the worker never kills itself). A worker stopped with a run in flight marks it
+Crashed. Flow-run heartbeats are on, every HEARTBEAT_SECONDS unless
+PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: the dispatcher tells a dead worker by them.
+
+Health: `serve(..., with_healthcheck=True)` (`genbundle worker --with-healthcheck`) starts
+Prefect's own worker health server, as `prefect worker start --with-healthcheck` does: GET /health
+on PREFECT_WORKER_WEBSERVER_HOST:PREFECT_WORKER_WEBSERVER_PORT (Prefect's defaults: 0.0.0.0:8080)
+answers 200 while the worker polls its pool, 503 once it has not polled for 30 query intervals
+(PREFECT_WORKER_QUERY_SECONDS, default 10 s: 5 minutes). Runs execute in threads, so the polling
+loop, and the health answer, go on while they work.
 """
 
 from __future__ import annotations
@@ -52,6 +67,38 @@ def heartbeat_settings() -> dict:
     if "heartbeat_frequency" in flows.model_fields_set and flows.heartbeat_frequency is not None:
         return {}  # the operator's frequency; "off" (None, as genbundle run sets it) does not hold here
     return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}
+
+
+def apply_pool_env(env: dict[str, str | None], environ=os.environ) -> tuple[list[str], list[str]]:
+    """Apply a work pool's `env` to this process's environment, as a process worker applies it to a
+    run's subprocess: the pool's values win; a None value unsets. PREFECT_* variables are left out
+    (Prefect's settings were read when this process started). Returns (names applied, names left
+    out), sorted: names only, since values may be secrets."""
+    applied, left_out = [], []
+    for key, value in env.items():
+        if key.startswith("PREFECT_"):
+            left_out.append(key)
+        elif value is None:
+            if environ.pop(key, None) is not None:
+                applied.append(key)
+        else:
+            environ[key] = str(value)
+            applied.append(key)
+    if applied:
+        from tasks.settings import get_settings
+
+        get_settings.cache_clear()  # GENBUNDLE_* settings are read once per process: read them again
+    return sorted(applied), sorted(left_out)
+
+
+async def pool_env(work_pool, client) -> dict[str, str | None]:
+    """The `env` a run on `work_pool` gets from the pool alone: its base job template's `env` with
+    the variables' defaults, templates (blocks, variables) resolved, as Prefect's process worker
+    builds a run's configuration before the deployment's and run's job variables."""
+    configuration = await ProcessJobConfiguration.from_template_and_values(
+        work_pool.base_job_template, values={}, client=client
+    )
+    return dict(configuration.env or {})
 
 
 def _execute(flow: Flow, flow_run: FlowRun, settings: dict, logger):
@@ -90,6 +137,24 @@ class WarmWorker(ProcessWorker):
         """Flow runs this worker executes at once (its GPU slots)."""
         return self._limit
 
+    async def setup(self) -> None:
+        """Prefect's setup (client, first sync with the pool), then the pool's `env` applied to this
+        process, once, before the first poll: runs share this process's environment."""
+        await super().setup()
+        work_pool = self._work_pool or await self.client.read_work_pool(self._work_pool_name)
+        applied, left_out = apply_pool_env(await pool_env(work_pool, self.client))
+        if applied:
+            self._logger.info(
+                "warm worker %r: applied work pool %r's env to this process: %s",
+                self.name, work_pool.name, ", ".join(applied),
+            )  # fmt: skip
+        if left_out:
+            self._logger.warning(
+                "warm worker %r: work pool %r's env sets %s, which are not applied (Prefect reads its "
+                "settings when the process starts): set them where the worker starts",
+                self.name, work_pool.name, ", ".join(left_out),
+            )  # fmt: skip
+
     async def _flow(self, flow_run: FlowRun) -> Flow:
         from prefect.flows import load_flow_from_flow_run
 
@@ -104,7 +169,8 @@ class WarmWorker(ProcessWorker):
             return self._flows[entrypoint]
 
     def _warn_unapplied_env(self, flow_run: FlowRun, configuration: ProcessJobConfiguration) -> None:
-        """A subprocess would get the pool's and deployment's `env`; a run here shares the worker's."""
+        """A subprocess would get the run's whole `env`; a run here shares the worker's environment,
+        which has the pool's `env` as it was when the worker started. Names only: values may be secrets."""
         unapplied = sorted(
             key
             for key, value in configuration.env.items()
@@ -112,8 +178,9 @@ class WarmWorker(ProcessWorker):
         )
         if unapplied:
             self.get_flow_run_logger(flow_run).warning(
-                "warm worker %r: this run shares the worker's environment, so %s from the pool or deployment "
-                "are not applied: set them where the worker starts",
+                "warm worker %r: this run shares the worker's environment, so %s from the deployment or "
+                "flow run (or set on the pool after the worker started) are not applied: set them on the "
+                "pool and restart the worker, or set them where the worker starts",
                 self.name, ", ".join(unapplied),
             )  # fmt: skip
 
@@ -192,8 +259,9 @@ async def _check_pool(pool: str) -> None:
             ) from None
 
 
-async def serve(pool: str, slots: int = 1, name: str | None = None) -> None:
-    """Poll `pool` and run its flow runs in this process, `slots` at a time, until stopped."""
+async def serve(pool: str, slots: int = 1, name: str | None = None, with_healthcheck: bool = False) -> None:
+    """Poll `pool` and run its flow runs in this process, `slots` at a time, until stopped. With
+    `with_healthcheck`, Prefect's worker health server answers GET /health meanwhile."""
     await _check_pool(pool)
     worker = WarmWorker(work_pool_name=pool, limit=slots, name=name, create_pool_if_not_found=False)
-    await worker.start()
+    await worker.start(with_healthcheck=with_healthcheck)

@@ -19,6 +19,8 @@ DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 GPU_POOLS = ("gpu-image", "gpu-audio", "gpu-video")
 BASE_SERVICES = {"postgres", "prefect-server", "minio", "create-bucket", "deploy", "worker-cpu"}
+# A GPU pool's worker with the defaults: warm (runs in its process), one slot, the health endpoint; pool last.
+WARM_WORKER = ["genbundle", "worker", "--slots", "1", "--with-healthcheck", "--pool"]
 
 
 def _tool(name: str) -> str:
@@ -86,7 +88,7 @@ def test_gpu_profile_pins_each_worker_to_its_own_device():
         worker = services[f"worker-{pool}"]
         assert worker["image"] == "genbundle:cuda"
         assert worker["command"] == [pool]
-        assert worker["entrypoint"][-3:] == ["--limit", "1", "--pool"]
+        assert worker["entrypoint"] == WARM_WORKER  # a warm worker: models stay loaded between runs
         (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
         assert "count" not in device  # not every GPU: one, by id
@@ -94,15 +96,38 @@ def test_gpu_profile_pins_each_worker_to_its_own_device():
         devices.append(device_id)
     assert devices == ["0", "1", "2"]
     assert services["deploy"]["command"][-2:] == ["--gpu-slots", "3"]
+    # The cpu pool's worker stays a process worker (compose.yaml says why): a fresh process per bundle.
+    assert services["worker-cpu"]["entrypoint"][:5] == ["prefect", "worker", "start", "--type", "process"]
+
+
+def test_gpu_worker_command_is_one_genbundle_accepts():
+    """The GPU workers' entrypoint + command, parsed by genbundle's own command line (the image's
+    ENTRYPOINT is genbundle): `genbundle worker` for the pool, one slot, with the health endpoint."""
+    from flows.cli import build_parser, cmd_worker
+
+    services = _services("--profile", "gpu")
+    for pool in GPU_POOLS:
+        worker = services[f"worker-{pool}"]
+        assert worker["entrypoint"][0] == "genbundle"
+        args = build_parser().parse_args(worker["entrypoint"][1:] + worker["command"])
+        assert args.func is cmd_worker
+        assert (args.pool, args.slots, args.with_healthcheck) == (pool, 1, True)
 
 
 def test_gpu_devices_and_slots_come_from_the_env_file(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("GPU_IMAGE_DEVICE=0\nGPU_AUDIO_DEVICE=0\nGPU_VIDEO_DEVICE=GPU-3f2a\nGPU_SLOTS=1\n")
+    env.write_text(
+        "GPU_IMAGE_DEVICE=0\nGPU_AUDIO_DEVICE=0\nGPU_VIDEO_DEVICE=GPU-3f2a\nGPU_SLOTS=1\nGPU_WORKER_SLOTS=2\n"
+    )
     services = _services("--profile", "gpu", env_file=str(env))
-    ids = [services[f"worker-{p}"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for p in GPU_POOLS]
+    ids = [
+        services[f"worker-{p}"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for p in GPU_POOLS
+    ]
     assert ids == [["0"], ["0"], ["GPU-3f2a"]]
     assert services["deploy"]["command"][-2:] == ["--gpu-slots", "1"]
+    for pool in GPU_POOLS:  # each worker's slots: runs at once on its GPU
+        entrypoint = services[f"worker-{pool}"]["entrypoint"]
+        assert entrypoint[entrypoint.index("--slots") + 1] == "2", entrypoint
 
 
 def test_scaling_example_adds_a_worker_on_its_own_device_only():
@@ -111,13 +136,12 @@ def test_scaling_example_adds_a_worker_on_its_own_device_only():
     assert extra["command"] == ["gpu-image"] and extra["image"] == "genbundle:cuda"
     assert [d["device_ids"] for d in extra["deploy"]["resources"]["reservations"]["devices"]] == [["3"]]
     assert extra["healthcheck"] == services["worker-gpu-image"]["healthcheck"]
+    assert extra["entrypoint"] == WARM_WORKER  # a warm worker too
 
 
 def test_published_ports_bind_to_loopback_by_default():
     services = _services("--profile", "gpu")
-    published = {
-        (name, p["target"]): p.get("host_ip") for name, s in services.items() for p in s.get("ports", [])
-    }
+    published = {(name, p["target"]): p.get("host_ip") for name, s in services.items() for p in s.get("ports", [])}
     assert set(published) == {("prefect-server", 4200), ("minio", 9000), ("minio", 9001)}
     assert set(published.values()) == {"127.0.0.1"}
     wide = _services(env={"BIND_ADDRESS": "0.0.0.0"})
@@ -145,7 +169,10 @@ def test_every_long_running_service_has_a_health_check():
         assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
     for name in ("worker-cpu", *(f"worker-{p}" for p in GPU_POOLS)):
         assert "--with-healthcheck" in services[name]["entrypoint"], name
-        assert "127.0.0.1:8080/health" in " ".join(services[name]["healthcheck"]["test"]), name
+        # The check calls the port the worker serves /health on: Prefect's default, 8080, unless set.
+        port = services[name]["environment"].get("PREFECT_WORKER_WEBSERVER_PORT", "8080")
+        assert f"127.0.0.1:{port}/health" in " ".join(services[name]["healthcheck"]["test"]), name
+        assert services[name]["healthcheck"]["test"][1] == "python", name  # the image has python; maybe no curl
 
 
 def test_env_example_documents_every_setting_with_the_defaults():
@@ -178,8 +205,12 @@ def test_dockerfile_installs_dependencies_before_the_code_and_runs_as_non_root()
     torch_install = next(i for i, args in index.items() if "torch==2.13.0" in args)
     assert torch_install < deps_install < first_code
     # Nothing the code layer copies is needed by the dependency layers.
-    assert all(src in ("pyproject.toml", "constraints.txt") or src.startswith("docker/")
-               for i, srcs in copies if i < deps_install for src in srcs)
+    assert all(
+        src in ("pyproject.toml", "constraints.txt") or src.startswith("docker/")
+        for i, srcs in copies
+        if i < deps_install
+        for src in srcs
+    )
     code_install = next(i for i, args in index.items() if i > first_code and "pip install" in args)
     assert "--no-deps" in index[code_install] and "--no-build-isolation" in index[code_install]
     user = [args for op, args in steps if op == "USER"][-1]
@@ -206,7 +237,10 @@ def test_dockerignore_lets_in_only_what_the_image_copies():
 def test_image_requirements_come_from_pyproject(extras, included):
     result = subprocess.run(
         [sys.executable, str(DOCKER / "pyproject_requirements.py"), extras],
-        capture_output=True, text=True, cwd=REPO, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
     )
     reqs = result.stdout.split("\n")
     assert "diffusers==0.42.1" in reqs and any(r.startswith("torch") for r in reqs)
@@ -224,7 +258,9 @@ def test_image_requirements_refuse_an_unknown_extra():
 
 def test_readme_builds_cuda_from_an_index_that_has_torch_2_13():
     readme = (REPO / "README.md").read_text()
-    builds = [ln for ln in re.sub(r"\\\n\s*", " ", readme).splitlines() if "docker build" in ln and "genbundle:cuda" in ln]
+    builds = [
+        ln for ln in re.sub(r"\\\n\s*", " ", readme).splitlines() if "docker build" in ln and "genbundle:cuda" in ln
+    ]
     assert builds, "the README has no CUDA build command"
     for cmd in builds:
         assert re.search(r"TORCH_INDEX=https://download\.pytorch\.org/whl/cu1(26|30)\b", cmd), cmd

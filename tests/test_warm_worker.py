@@ -1,15 +1,19 @@
 """Warm workers (flows/warm_worker.py): `genbundle worker` runs its pool's flow runs in its own
-process, so each pipeline loads once per worker, not once per run. The slow test runs three
-dispatched bundles through a real server, a warm worker per GPU pool and a process worker for cpu."""
+process, so each pipeline loads once per worker, not once per run. The slow tests run three
+dispatched bundles through a real server, a warm worker per GPU pool and a process worker for cpu;
+and, on a server of their own, a warm worker's health endpoint and its pool's `env`."""
 
+import json
+import os
 import time
 import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import ASSET_COUNT
-from test_prefect_server import _api, _bundles, _genbundle, _server, _wait_for
+from test_prefect_server import REPO, _api, _bundles, _free_port, _genbundle, _server, _wait_for
 
 from flows.cli import main
 from tasks.engines import ROLES, default_engine
@@ -26,14 +30,15 @@ def test_worker_flags_reach_the_worker(monkeypatch):
         pass
 
     async def start(self, *args, **kwargs):
-        started.append((self._work_pool_name, self.slots, self.name))
+        started.append((self._work_pool_name, self.slots, self.name, kwargs.get("with_healthcheck")))
 
     monkeypatch.setattr(warm_worker, "_check_pool", no_server)
     monkeypatch.setattr(warm_worker.WarmWorker, "start", start)
-    assert main(["worker", "--pool", "gpu-image", "--slots", "3", "--name", "gpu0"]) == 0
+    assert main(["worker", "--pool", "gpu-image", "--slots", "3", "--name", "gpu0", "--with-healthcheck"]) == 0
     assert main(["worker", "--pool", "gpu-audio"]) == 0
-    assert started[0] == ("gpu-image", 3, "gpu0")
+    assert started[0] == ("gpu-image", 3, "gpu0", True)
     assert started[1][:2] == ("gpu-audio", 1)  # one generation at a time unless told
+    assert started[1][3] is False  # no health server unless asked
 
 
 @pytest.mark.parametrize(
@@ -58,6 +63,24 @@ def test_heartbeats_every_30_s_unless_the_operator_chose():
     assert heartbeat_settings() == {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS} and HEARTBEAT_SECONDS == 30
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 120}):
         assert heartbeat_settings() == {}
+
+
+def test_pool_env_wins_over_the_workers_own_and_prefect_settings_are_left_out(settings_env):
+    from flows.warm_worker import apply_pool_env
+    from tasks.settings import get_settings
+
+    settings_env(GENBUNDLE_STORAGE="s3://worker-own/bundles")
+    assert get_settings().storage == "s3://worker-own/bundles"
+    environ = {"KEEP": "k", "GONE": "g", "GENBUNDLE_STORAGE": "s3://worker-own/bundles"}
+    pool = {"GENBUNDLE_STORAGE": "s3://pool/bundles", "AWS_SECRET_ACCESS_KEY": "pool-secret", "GONE": None,
+            "PREFECT_API_URL": "http://elsewhere/api"}  # fmt: skip
+    applied, left_out = apply_pool_env(pool, environ)
+    assert applied == ["AWS_SECRET_ACCESS_KEY", "GENBUNDLE_STORAGE", "GONE"]  # names, sorted; no values
+    assert left_out == ["PREFECT_API_URL"]
+    assert environ == {"KEEP": "k", "GENBUNDLE_STORAGE": "s3://pool/bundles", "AWS_SECRET_ACCESS_KEY": "pool-secret"}
+    applied, _ = apply_pool_env({"GENBUNDLE_STORAGE": "s3://pool/bundles"})  # this process's own environment
+    assert os.environ["GENBUNDLE_STORAGE"] == "s3://pool/bundles"
+    assert get_settings().storage == "s3://pool/bundles"  # the cached settings were read again
 
 
 def test_cancel_never_kills_a_process():
@@ -172,3 +195,118 @@ def test_three_bundles_load_each_pipeline_once_per_worker(warm_stack):
         assert run["infrastructure_pid"].startswith("in-process:"), run["infrastructure_pid"]
         beats = _unless_busy(lambda: _heartbeats(env, run["id"]) >= 1)
         _wait_for(beats, 30, f"a heartbeat event from run {run['name']}")
+
+
+# --- a warm worker's health endpoint and its pool's env, on a server of its own ----------------
+
+PROBE_FLOW = """
+import json, os
+from pathlib import Path
+from prefect import flow
+
+@flow
+def env_probe(out: str) -> None:
+    names = ("GENBUNDLE_PROBE_SECRET", "GENBUNDLE_PROBE_OVERRIDE", "GENBUNDLE_PROBE_DEPLOYMENT")
+    Path(out).write_text(json.dumps({name: os.environ.get(name) for name in names}))
+"""
+PROBE_SECRET = "pr0be-s3cret-" + uuid.uuid4().hex  # must never reach a log
+
+
+@pytest.fixture(scope="module")
+def probe_worker(tmp_path_factory):
+    """A server; the cpu pool with an `env` default; a probe flow's deployment with an `env` of its
+    own; `genbundle worker --pool cpu --with-healthcheck` on a port of its own. Yields (env, health
+    URL, worker log, folder)."""
+    home = tmp_path_factory.mktemp("warm-probe")
+    code = home / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(PROBE_FLOW)
+    template = json.loads((REPO / "deployments" / "pools" / "process.json").read_text())
+    template["variables"]["properties"]["env"]["default"] = {
+        "GENBUNDLE_PROBE_SECRET": PROBE_SECRET,
+        "GENBUNDLE_PROBE_OVERRIDE": "from-pool",
+    }
+    port = _free_port()
+    with _server(home, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO") as (env, spawn, logs):
+
+        def post(path, body):  # a 503 from a busy SQLite server wrote nothing: asked again
+            return _wait_for(_unless_busy(lambda: _api(env, path, body)), 60, f"the server to take POST {path}")
+
+        post("/work_pools/", {"name": "cpu", "type": "process", "base_job_template": template})
+        flow = post("/flows/", {"name": "env-probe"})
+        post("/deployments/", {
+            "name": "probe", "flow_id": flow["id"], "entrypoint": "probe.py:env_probe", "work_pool_name": "cpu",
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(code)}}],
+            "job_variables": {"env": {"GENBUNDLE_PROBE_DEPLOYMENT": "from-deployment"}},
+        })  # fmt: skip
+        spawn(
+            "worker-cpu", "flows.cli", "worker", "--pool", "cpu", "--name", "warm-probe", "--with-healthcheck",
+            PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(port),
+            GENBUNDLE_PROBE_OVERRIDE="from-worker",
+        )  # fmt: skip
+        yield env, f"http://127.0.0.1:{port}/health", logs / "worker-cpu.log", home
+
+
+def _health(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:  # not listening yet
+        return None
+
+
+@pytest.mark.slow
+def test_health_endpoint_answers_200_while_the_warm_worker_polls(probe_worker):
+    env, health, log, _ = probe_worker
+    started = time.perf_counter()
+    _wait_for(lambda: _health(health) is not None, 60, f"the worker's health server at {health}")
+    served = time.perf_counter() - started
+
+    def online():
+        return any(w["status"] == "ONLINE" for w in _api(env, "/work_pools/cpu/workers/filter", {}))
+
+    _wait_for(_unless_busy(online), 60, "the warm worker polling the cpu pool", poll=1)
+    for _ in range(3):  # and it stays healthy while it polls (every second here)
+        assert _health(health) == 200, log.read_text()[-3000:]
+        time.sleep(1)
+    print(f"\nhealth endpoint served {served:.1f} s after the worker was spawned; 200 while it polls")
+
+
+@pytest.mark.slow
+def test_pool_env_reaches_runs_and_only_its_names_reach_the_log(probe_worker):
+    env, health, log, home = probe_worker
+    _wait_for(_unless_busy(lambda: _api(env, "/work_pools/cpu/workers/filter", {})), 60, "the warm worker")
+    deployment = _api(env, "/deployments/name/env-probe/probe")
+    out = home / "probe.json"
+    run = _wait_for(
+        _unless_busy(lambda: _api(env, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"out": str(out)}})),
+        60, "the server to take the probe run",
+    )  # fmt: skip
+
+    def final_state():
+        state = _api(env, f"/flow_runs/{run['id']}")["state"]
+        return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    state = _wait_for(_unless_busy(final_state), 120, "the probe run", poll=0.5)
+    text = log.read_text()
+    assert state["type"] == "COMPLETED", f"{state['message']}\n{text[-3000:]}"
+    seen = json.loads(out.read_text())
+    assert seen["GENBUNDLE_PROBE_SECRET"] == PROBE_SECRET  # the pool's env, applied to the worker's process
+    assert seen["GENBUNDLE_PROBE_OVERRIDE"] == "from-pool"  # the pool wins over the worker's own, as in a subprocess
+    assert seen["GENBUNDLE_PROBE_DEPLOYMENT"] is None  # a deployment's env cannot be applied per run...
+    applied = next(line for line in text.splitlines() if "applied work pool 'cpu'" in line)
+    assert "GENBUNDLE_PROBE_OVERRIDE, GENBUNDLE_PROBE_SECRET" in applied, applied
+    warned = [line for line in text.splitlines() if "are not applied" in line]
+    assert any("GENBUNDLE_PROBE_DEPLOYMENT" in line for line in warned), text[-3000:]  # ...so it is named
+    assert not any("GENBUNDLE_PROBE_SECRET" in line for line in warned)  # the pool's own are applied: no warning
+    assert PROBE_SECRET not in text and "from-deployment" not in text  # names, never values
+    # The run's logs on the server too (sent in batches): the warning is there, the values are not.
+    query = {"logs": {"flow_run_id": {"any_": [run["id"]]}}}
+    logs = _wait_for(
+        _unless_busy(lambda: [e for e in _api(env, "/logs/filter", query) if "are not applied" in e["message"]]
+                     and _api(env, "/logs/filter", query)),
+        60, "the probe run's logs on the server",
+    )  # fmt: skip
+    assert not any(PROBE_SECRET in entry["message"] or "from-deployment" in entry["message"] for entry in logs)
