@@ -1,0 +1,262 @@
+"""Dispatched bundles on a real Prefect server: warm workers, process workers, the in-process bundle.
+
+    .venv/bin/python -m benchmarks.dispatch [--bundles 10] [--process-bundles 2] [--batch 10] [--no-update]
+
+One run on this machine, tiny models, a `prefect server` of its own, the workers sharing one
+GENBUNDLE_OUT (no S3: the handover through a bucket is tests/test_dispatch_machines.py's). In order:
+1. the in-process warm bundle: `asset_bundle` called in this process against the same server,
+   after one bundle that loads the models (median of --bundles);
+2. warm workers, `genbundle worker`, for every pool (the cpu pool too: a bundle run in a fresh
+   process would cost a cold start each): --bundles dispatched bundles one after another, each
+   timed from the trigger to Completed; the models each worker loaded, from its log;
+3. a dispatched batch of --batch briefs (one generation run per role for all of them) against
+   the same number of dispatched bundles one by one (from 2); and, in this process before the
+   workers start, --batch cover jobs through one pipeline call against one call each
+   (benchmarks/batch_generation.py);
+4. process workers (`prefect worker start --type process`, a fresh process per flow run) for
+   every pool: --process-bundles dispatched bundles.
+Every bundle has its own seed: nothing is reused. Prints the figures and their ratios; JSON in
+benchmarks/results/dispatch.json and a table in BENCHMARKS.md (between `<!-- dispatch -->` markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.batch_generation import measure as measure_pipeline_batch
+from benchmarks.cpu_bundle import machine, update_benchmarks_md
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+POOLS = ("cpu", "gpu-image", "gpu-audio", "gpu-video")
+LOADED = re.compile(r"loaded (\S+) pipeline")
+
+
+class Stack:
+    """A Prefect server and the workers started against it, all stopped by close()."""
+
+    def __init__(self, home: Path):
+        port = _free_port()
+        self.home, self.logs = home, home / "logs"
+        self.logs.mkdir(parents=True)
+        self.env = os.environ | {
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",  # a worker looks for new runs every second (default 10)
+            # SQLite's wait for a locked database before the API answers 503 (10 s by default): on 2 loaded
+            # cores a run's creation failed so, as genbundle's temporary server also allows (flows/local_prefect.py).
+            "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+            "GENBUNDLE_OUT": str(home / "bundles"),
+            "GENBUNDLE_MODEL_CACHE": str(home / "models"),
+            "PYTHONPATH": str(ROOT),
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.spawn("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        _wait(lambda: _healthy(port), 180, "the Prefect server")
+        deployed = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], env=self.env, cwd=ROOT,
+                                  capture_output=True, text=True)  # fmt: skip
+        if deployed.returncode:
+            raise RuntimeError(f"genbundle deploy failed: {deployed.stderr[-2000:]}")
+
+    def spawn(self, name: str, *args: str) -> None:
+        with open(self.logs / f"{name}.log", "w") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", *args], env=self.env, cwd=ROOT,
+                                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        for name in [n for n in self.procs if n != "server"] + ["server"]:
+            self.stop(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def brief(seed: int) -> dict:
+    return {"title": "Dispatch Benchmark", "author": "G. Bundle", "seed": seed}
+
+
+def trigger_and_wait(deployment: str, parameters: dict) -> float:
+    """Seconds from creating a run of `deployment` to seeing it Completed."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    started = time.perf_counter()
+    run = run_deployment(deployment, parameters=parameters, timeout=0)
+    with get_client(sync_client=True) as client:
+        while not (run := client.read_flow_run(run.id)).state.is_final():
+            time.sleep(0.25)
+    seconds = time.perf_counter() - started
+    if not run.state.is_completed():
+        raise RuntimeError(f"{deployment} run {run.name} ended {run.state.name}: {run.state.message}")
+    return seconds
+
+
+def in_process_bundles(seeds: list[int]) -> list[float]:
+    """The first bundle (models loaded) and then warm ones, called in this process."""
+    from flows.bundle import asset_bundle
+    from tasks.brief import parse_brief
+
+    times = []
+    for seed in seeds:
+        started = time.perf_counter()
+        asset_bundle(parse_brief(brief(seed)))
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def loads(stack: Stack, workers: list[str]) -> dict[str, dict[str, int]]:
+    """Per worker log: how many times each pipeline was loaded."""
+    counts = {}
+    for name in workers:
+        found = LOADED.findall((stack.logs / f"{name}.log").read_text())
+        counts[name] = {engine: found.count(engine) for engine in sorted(set(found))}
+    return counts
+
+
+def run(bundles: int, process_bundles: int, batch: int, home: Path) -> dict:
+    stack = Stack(home)
+    os.environ.update({k: stack.env[k] for k in ("PREFECT_API_URL", "GENBUNDLE_OUT", "GENBUNDLE_MODEL_CACHE")})
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    seeds = iter(range(1000, 100000))
+    try:
+        in_process = in_process_bundles([next(seeds) for _ in range(bundles + 1)])
+        pipeline_batch = measure_pipeline_batch(batch)
+
+        warm_workers = [f"warm-{pool}" for pool in POOLS]
+        for pool, name in zip(POOLS, warm_workers, strict=True):
+            stack.spawn(name, "flows.cli", "worker", "--pool", pool)
+        warm = [trigger_and_wait("asset-bundle/dispatched", {"brief": brief(next(seeds))}) for _ in range(bundles)]
+        warm_loads = loads(stack, warm_workers)
+
+        briefs_file = home / "briefs.jsonl"
+        briefs_file.write_text("".join(json.dumps(brief(next(seeds))) + "\n" for _ in range(batch)))
+        batch_s = trigger_and_wait(
+            "asset-bundle-batch/batch", {"briefs_file": str(briefs_file), "dispatch": True, "max_concurrency": 2}
+        )
+        for name in warm_workers:
+            stack.stop(name)
+
+        for pool in POOLS:
+            stack.spawn(f"process-{pool}", "prefect", "worker", "start", "--pool", pool, "--type", "process")
+        process = [
+            trigger_and_wait("asset-bundle/dispatched", {"brief": brief(next(seeds))}) for _ in range(process_bundles)
+        ]
+    finally:
+        stack.close()
+    warm_median = statistics.median(warm[1:]) if len(warm) > 1 else warm[0]
+    in_process_median = statistics.median(in_process[1:])
+    one_by_one = warm_median * batch  # the same briefs as dispatched bundles, one after another
+    return {
+        "bundles": bundles,
+        "in_process_first_s": in_process[0],
+        "in_process_warm_s": in_process[1:],
+        "in_process_warm_median_s": in_process_median,
+        "warm_dispatched_s": warm,
+        "warm_dispatched_median_s": warm_median,
+        "warm_over_in_process": warm_median / in_process_median,
+        "warm_worker_loads": warm_loads,
+        "batch_briefs": batch,
+        "batch_dispatched_s": batch_s,
+        "one_by_one_dispatched_s": one_by_one,
+        "process_dispatched_s": process,
+        "process_dispatched_median_s": statistics.median(process),
+        "process_over_warm": statistics.median(process) / warm_median,
+        "pipeline_batch": pipeline_batch,
+    }
+
+
+def markdown(r: dict) -> str:
+    pb = r["pipeline_batch"]
+
+    def seconds(values):
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    loads_line = "; ".join(
+        f"{name.removeprefix('warm-')}: " + (", ".join(f"{e} x{n}" for e, n in engines.items()) or "none")
+        for name, engines in r["warm_worker_loads"].items()
+    )
+    return "\n".join([
+        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| measure | seconds | ratio |",
+        "|---|---:|---|",
+        f"| in-process warm bundle (median of {len(r['in_process_warm_s'])}) | {r['in_process_warm_median_s']:.2f} | 1 |",
+        f"| dispatched bundle, warm workers (median of bundles 2-{r['bundles']}) | {r['warm_dispatched_median_s']:.2f} "
+        f"| {r['warm_over_in_process']:.2f}x the in-process bundle (target: under 2x) |",
+        f"| dispatched bundle, warm workers, the first (models load) | {r['warm_dispatched_s'][0]:.2f} | |",
+        f"| dispatched bundle, process workers (median of {len(r['process_dispatched_s'])}) "
+        f"| {r['process_dispatched_median_s']:.2f} | {r['process_over_warm']:.1f}x the warm workers |",
+        f"| dispatched batch of {r['batch_briefs']} briefs, warm workers | {r['batch_dispatched_s']:.2f} "
+        f"| {r['batch_dispatched_s'] / r['one_by_one_dispatched_s']:.2f}x {r['batch_briefs']} bundles one by one "
+        f"({r['one_by_one_dispatched_s']:.1f} s: the warm median x {r['batch_briefs']}) |",
+        f"| {pb['jobs']} cover jobs through the generation flow, one pipeline call (median of {pb['rounds']}) "
+        f"| {pb['batched_s']:.2f} | {pb['ratio_one_by_one_to_batched']:.2f}x faster than one call each "
+        f"({pb['one_by_one_s']:.2f} s; {pb['in_calls_batched_s']:.2f} s against {pb['in_calls_one_by_one_s']:.2f} s "
+        "inside the pipeline calls) |",
+        "",
+        f"Pipelines loaded per warm worker over {r['bundles']} bundles and the batch: {loads_line}.",
+        f"Every run: in-process {seconds(r['in_process_warm_s'])}; warm dispatched {seconds(r['warm_dispatched_s'])}; "
+        f"process dispatched {seconds(r['process_dispatched_s'])}.",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundles", type=int, default=10)
+    parser.add_argument("--process-bundles", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--no-update", action="store_true", help="leave BENCHMARKS.md as it is")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="genbundle-dispatch-") as home:
+        result = run(args.bundles, args.process_bundles, args.batch, Path(home))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dispatch.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    print(table)
+    if not args.no_update:
+        update_benchmarks_md("dispatch", table)
+
+
+if __name__ == "__main__":
+    main()
