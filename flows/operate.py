@@ -17,8 +17,8 @@ PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOLS_DIR = REPO / "deployments" / "pools"
 CPU_POOL = "cpu"
 GPU_POOLS = tuple(dict.fromkeys(role.pool for role in ROLES.values()))
-# The generation tasks' tag. A tag concurrency limit counts across the whole server, so deploy
-# creates none: GPU slots are a worker's (`genbundle worker --slots N`, one worker per GPU).
+# The tag generation tasks once had, for a server-wide limit that made every GPU wait for every other:
+# GPU slots are a worker's now (`genbundle worker --slots N`, one worker per GPU), and the tasks have no tag.
 GPU_TAG = "gpu"
 BRIEF_EVENT = "genbundle.brief.submitted"
 CPU_IMAGE = "genbundle:cpu"  # docker/Dockerfile's CPU flavour; the GPU templates name genbundle:cuda
@@ -124,11 +124,11 @@ async def _pools_and_limit(pool_type: str, gpu_slots: int | None) -> list[str]:
             limit = existing.concurrency_limit if limit is None else limit
             done.append(f"work pool {pool} ({pool_type}, exists{''.join(f'; {n}' for n in notes)}{_runs(limit)})")
 
-        try:  # an earlier deploy's (or an operator's): kept, but it makes every GPU wait for every other
+        try:  # an earlier deploy's (or an operator's): kept, though genbundle's tasks no longer carry the tag
             slots = (await client.read_concurrency_limit_by_tag(GPU_TAG)).concurrency_limit
             done.append(
-                f"concurrency limit '{GPU_TAG}' kept: {slots} generation(s) at a time across the whole server, "
-                f"all GPUs and machines together; GPU slots are per worker now (genbundle worker --slots N): "
+                f"concurrency limit '{GPU_TAG}' kept ({slots}), but it limits nothing of genbundle's: its "
+                f"generation tasks have no tag, GPU slots are per worker (genbundle worker --slots N); "
                 f"remove it with `prefect concurrency-limit delete {GPU_TAG}`"
             )
         except ObjectNotFound:

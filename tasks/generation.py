@@ -227,10 +227,12 @@ def make_generations(jobs: list[Job], steps: list[Step]) -> list[Generated]:
     return made
 
 
+# No tags: Prefect takes a tag's concurrency slot for every tagged task run, two API writes even with no
+# limit set (on a SQLite server, a lock contender its clients retry after 2 s). GPU slots are a worker's.
 # Every genbundle task has cache_policy=NO_CACHE (tests/test_flow.py checks): a step finds its own earlier
 # output in the work area (generation_step), while Prefect's default policy hashed each call's inputs and
 # looked for a stored result that, with results not persisted, is never there (3-12 ms a task run).
-@task(name="diffuse", task_run_name="diffuse-{job.role}", tags=["gpu"], cache_policy=NO_CACHE)
+@task(name="diffuse", task_run_name="diffuse-{job.role}", cache_policy=NO_CACHE)
 def generate(job: Job, workspace: Workspace) -> Generated:
     """Generate one role's asset into the work area (or find it there, made before)."""
     step = generation_step(job, workspace)
@@ -270,7 +272,7 @@ def _batch_run_name() -> str:
     return f"diffuse-{jobs[0].role}" + (f"-x{len(jobs)}" if len(jobs) > 1 else "")
 
 
-@task(name="diffuse-batch", task_run_name=_batch_run_name, tags=["gpu"], cache_policy=NO_CACHE)
+@task(name="diffuse-batch", task_run_name=_batch_run_name, cache_policy=NO_CACHE)
 def generate_batch(jobs: list[Job], workspace: Workspace) -> list[Generated | str]:
     """Generate jobs of one batch (plan_batches) in one pipeline call: those found in the work area are
     reused, the rest made together. If that call fails (out of GPU memory or otherwise), they are made one

@@ -221,7 +221,7 @@ def test_redeploy_keeps_what_an_operator_set(bare_server, tmp_path):
     assert _api(env, "/work_pools/gpu-image")["concurrency_limit"] == 2
     assert _api(env, "/work_pools/gpu-audio")["concurrency_limit"] is None
     assert _api(env, "/concurrency_limits/tag/gpu")["concurrency_limit"] == 4  # the operator's, kept and named
-    assert "concurrency limit 'gpu' kept: 4 generation(s) at a time across the whole server" in again.stdout
+    assert "concurrency limit 'gpu' kept (4), but it limits nothing of genbundle's" in again.stdout
     after = _deployments(env)  # every deployment made again: the deleted one back, the others updated
     assert after.keys() == before.keys() and all(after[name] > before[name] for name in before)
 
