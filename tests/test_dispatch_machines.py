@@ -144,7 +144,9 @@ def test_a_worker_killed_mid_job_ends_the_bundle_run_in_bounded_time_and_a_rerun
 
 def test_cancelling_a_bundle_run_cancels_its_generations(machines):
     env, *_ = machines
-    brief = {"title": "Called Off", "author": "C. Ancel", "seed": 41}
+    # A long video (100 tiny steps, about 10 s here): one generation is still running when the cancel
+    # arrives, whatever the others' timing (with 4 steps, all three could finish before it did).
+    brief = {"title": "Called Off", "author": "C. Ancel", "seed": 41, "video": {"steps": 100}}
     triggered = _run_dispatched(env, brief, watch=False)
     assert triggered.returncode == 0, triggered.stdout + triggered.stderr
 
