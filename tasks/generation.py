@@ -235,7 +235,11 @@ def make_generations(jobs: list[Job], steps: list[Step]) -> list[Generated]:
 @task(name="diffuse", task_run_name="diffuse-{job.role}", cache_policy=NO_CACHE)
 def generate(job: Job, workspace: Workspace) -> Generated:
     """Generate one role's asset into the work area (or find it there, made before)."""
-    step = generation_step(job, workspace)
+    return _generate_into(job, generation_step(job, workspace))
+
+
+def _generate_into(job: Job, step: Step) -> Generated:
+    """One job into its work-area step: found there, or made in a pipeline call of its own."""
     with tracked(job.role) as stage:
         if done := step.load(Generated):
             stage.detail = "reused"
@@ -276,7 +280,7 @@ def _batch_run_name() -> str:
 def generate_batch(jobs: list[Job], workspace: Workspace) -> list[Generated | str]:
     """Generate jobs of one batch (plan_batches) in one pipeline call: those found in the work area are
     reused, the rest made together. If that call fails (out of GPU memory or otherwise), they are made one
-    by one instead (`generate`, with its own retry). Returns each job's Generated, or its error as a line."""
+    by one instead (each with its own out-of-memory retry). Returns each job's Generated, or its error as a line."""
     if len({batch_key(job) for job in jobs}) > 1:
         raise ValueError("a batch's jobs must share their engine and settings (tasks.generation.batch_key)")
     steps = [generation_step(job, workspace) for job in jobs]
@@ -296,7 +300,7 @@ def generate_batch(jobs: list[Job], workspace: Workspace) -> list[Generated | st
             )
     for i in todo:
         try:
-            results[i] = generate.fn(jobs[i], workspace)
+            results[i] = _generate_into(jobs[i], steps[i])
         except Exception as err:  # noqa: BLE001 - one bad job must not cost the others theirs
             results[i] = f"{type(err).__name__}: {err}"
     return results
