@@ -29,7 +29,7 @@ from flows.dispatch_watch import Stalled, await_runs, cancel_runs
 from tasks.cover_finishing import CoverFinish, finish_cover
 from tasks.engines import ROLES, engine
 from tasks.errors import UserError
-from tasks.generation import Generated, generate_batch, plan_batches
+from tasks.generation import Generated, generate_batch, generation_step, plan_batches
 from tasks.jobs import Job
 from tasks.policy import check_jobs
 from tasks.workspace import RESULT_NAME, Step, StepResult, Workspace
@@ -123,7 +123,11 @@ def generate_jobs(
             checked.append(i)
         except Exception as err:  # noqa: BLE001 - one bad job must not cost the others theirs
             failed(i, f"{type(err).__name__}: {err}")
-    batches = [[checked[k] for k in batch] for batch in plan_batches([jobs[i] for i in checked])]
+
+    def is_made(k: int) -> bool:
+        return generation_step(jobs[checked[k]], workspace).load(Generated) is not None
+
+    batches = [[checked[k] for k in batch] for batch in plan_batches([jobs[i] for i in checked], is_made)]
     for n, batch in enumerate(batches):
         # A warm worker cannot kill a cancelled run: it stops here, before its next batch, instead.
         if n and _cancelling():

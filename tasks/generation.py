@@ -255,9 +255,13 @@ def batch_key(job: Job) -> str:
     return json.dumps(job.model_dump(mode="json", exclude={"prompt", "negative_prompt", "seed"}), sort_keys=True)
 
 
-def plan_batches(jobs: list[Job]) -> list[list[int]]:
+def plan_batches(jobs: list[Job], is_made: Callable[[int], bool] = lambda i: False) -> list[list[int]]:
     """The jobs' indices in the groups that go through the pipeline together: the same batch_key, at most
-    GENBUNDLE_GENERATION_BATCH a group, one a group for an engine that cannot batch; in job order."""
+    GENBUNDLE_GENERATION_BATCH a group, one a group for an engine that cannot batch; in job order.
+
+    A group too big for one batch asks `is_made` which of its jobs are in the work area already: those
+    ride along in its first batch without taking a place (generate_batch finds them, and calls no
+    pipeline for them), so a partly made group still goes through in full batches."""
     size = get_settings().generation_batch
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
@@ -265,7 +269,14 @@ def plan_batches(jobs: list[Job]) -> list[list[int]]:
     plan = []
     for members in groups.values():
         n = size if engine(jobs[members[0]].engine).batchable else 1
-        plan += [members[k : k + n] for k in range(0, len(members), n)]
+        if len(members) <= n:
+            plan.append(members)
+            continue
+        made = {i for i in members if is_made(i)}
+        todo = [i for i in members if i not in made]
+        batches = [todo[k : k + n] for k in range(0, len(todo), n)] or [[]]
+        batches[0] = sorted([*made, *batches[0]])
+        plan += batches
     return sorted(plan)
 
 

@@ -82,6 +82,18 @@ def test_batches_are_grouped_by_settings_and_capped_and_a_bad_job_fails_alone(pr
     ]  # fmt: skip
 
 
+def test_jobs_made_before_take_no_place_in_a_batch(prefect_api, tmp_path, settings_env):
+    """A re-run of four jobs, two made by an earlier run: the other two go through one call, not two."""
+    settings_env(GENBUNDLE_OUT=str(tmp_path), GENBUNDLE_GENERATION_BATCH="2")
+    jobs = [_cover(seed) for seed in (41, 42, 43, 44)]
+    generate_jobs([jobs[0], jobs[2]])
+    before = generation.pipeline_calls.copy()
+    outcomes = generate_jobs(jobs)
+    assert dict(generation.pipeline_calls - before) == {"cover": 1}  # [41 made, 42, 43 made, 44]: 42 and 44 together
+    made = _made(Workspace.for_storage(str(tmp_path), None), outcomes)
+    assert [(m.engine.seed, m.engine.batch) for m in made] == [(41, 2), (42, 2), (43, 2), (44, 2)]
+
+
 def test_a_batch_whose_call_fails_is_made_one_by_one(monkeypatch, workspace, caplog):
     """Out of GPU memory with three jobs in one call (faked: no GPU here), each is made alone instead."""
     eng = engine("sd15")
