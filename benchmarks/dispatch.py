@@ -1,6 +1,7 @@
 """Dispatched bundles on a real Prefect server: warm workers, process workers, the in-process bundle.
 
-    .venv/bin/python -m benchmarks.dispatch [--bundles 10] [--process-bundles 2] [--batch 10] [--no-update]
+    .venv/bin/python -m benchmarks.dispatch [--bundles 10] [--process-bundles 2] [--batch 10] [--database sqlite|postgres]
+                                              [--no-update]
 
 One run on this machine, tiny models, a `prefect server` of its own, the workers sharing one
 GENBUNDLE_OUT (no S3: the handover through a bucket is tests/test_dispatch_machines.py's). In order:
@@ -16,7 +17,9 @@ GENBUNDLE_OUT (no S3: the handover through a bucket is tests/test_dispatch_machi
 4. process workers (`prefect worker start --type process`, a fresh process per flow run) for
    every pool: --process-bundles dispatched bundles.
 Every bundle has its own seed: nothing is reused. Prints the figures and their ratios; JSON in
-benchmarks/results/dispatch.json and a table in BENCHMARKS.md (between `<!-- dispatch -->` markers).
+benchmarks/results/dispatch.json and a table in BENCHMARKS.md (between `<!-- dispatch -->` markers);
+with `--database postgres` (the server on a throwaway PostgreSQL cluster, as in the compose stack),
+dispatch-postgres.json and `<!-- dispatch-postgres -->`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -42,27 +46,58 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 POOLS = ("cpu", "gpu-image", "gpu-audio", "gpu-video")
 LOADED = re.compile(r"loaded (\S+) pipeline")
+DATABASES = {"sqlite": "SQLite (Prefect's default)", "postgres": "PostgreSQL (as in the compose stack)"}
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on loopback (the compose stack's database), stopped by close().
+    Run as the `postgres` user when this is root: PostgreSQL refuses to run as root."""
+
+    def __init__(self):
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="genbundle-postgres-"))  # its own: the user must reach it
+        self.data, self.port = folder / "pgdata", _free_port()
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(folder, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "prefect")
+        options = f"-p {self.port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(folder / "postgres.log"), "-w", "start")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "prefect", "prefect")
+        self.url = f"postgresql+asyncpg://prefect@127.0.0.1:{self.port}/prefect"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_user, *args], check=True, capture_output=True, text=True)
+
+    def close(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Stack:
-    """A Prefect server and the workers started against it, all stopped by close()."""
+    """A Prefect server (on SQLite, or on PostgreSQL) and the workers started against it, all stopped by close()."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, database: str):
         port = _free_port()
         self.home, self.logs = home, home / "logs"
         self.logs.mkdir(parents=True)
-        self.env = os.environ | {
-            "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": "1",  # a worker looks for new runs every second (default 10)
-            # SQLite's wait for a locked database before the API answers 503 (10 s by default): on 2 loaded
-            # cores a run's creation failed so, as genbundle's temporary server also allows (flows/local_prefect.py).
-            "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
-            "GENBUNDLE_OUT": str(home / "bundles"),
-            "GENBUNDLE_MODEL_CACHE": str(home / "models"),
-            "PYTHONPATH": str(ROOT),
-        }
+        self.postgres = Postgres() if database == "postgres" else None
+        database_env = {"PREFECT_API_DATABASE_CONNECTION_URL": self.postgres.url} if self.postgres else {}
+        self.env = (
+            os.environ
+            | database_env
+            | {
+                "PREFECT_HOME": str(home / "prefect"),
+                "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_WORKER_QUERY_SECONDS": "1",  # a worker looks for new runs every second (default 10)
+                # SQLite's wait for a locked database before the API answers 503 (10 s by default): on 2 loaded
+                # cores a run's creation failed so, as genbundle's temporary server also allows (flows/local_prefect.py).
+                "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+                "GENBUNDLE_OUT": str(home / "bundles"),
+                "GENBUNDLE_MODEL_CACHE": str(home / "models"),
+                "PYTHONPATH": str(ROOT),
+            }
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self.spawn("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
         _wait(lambda: _healthy(port), 180, "the Prefect server")
@@ -88,6 +123,8 @@ class Stack:
     def close(self) -> None:
         for name in [n for n in self.procs if n != "server"] + ["server"]:
             self.stop(name)
+        if self.postgres:
+            self.postgres.close()
 
 
 def _free_port() -> int:
@@ -154,8 +191,8 @@ def loads(stack: Stack, workers: list[str]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def run(bundles: int, process_bundles: int, batch: int, home: Path) -> dict:
-    stack = Stack(home)
+def run(bundles: int, process_bundles: int, batch: int, database: str, home: Path) -> dict:
+    stack = Stack(home, database)
     os.environ.update({k: stack.env[k] for k in ("PREFECT_API_URL", "GENBUNDLE_OUT", "GENBUNDLE_MODEL_CACHE")})
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     seeds = iter(range(1000, 100000))
@@ -188,6 +225,7 @@ def run(bundles: int, process_bundles: int, batch: int, home: Path) -> dict:
     in_process_median = statistics.median(in_process[1:])
     one_by_one = warm_median * batch  # the same briefs as dispatched bundles, one after another
     return {
+        "database": database,
         "bundles": bundles,
         "in_process_first_s": in_process[0],
         "in_process_warm_s": in_process[1:],
@@ -217,7 +255,7 @@ def markdown(r: dict) -> str:
         for name, engines in r["warm_worker_loads"].items()
     )
     return "\n".join([
-        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}.",
+        f"Machine: {machine()}. Prefect server on {DATABASES[r['database']]}. Date: {time.strftime('%Y-%m-%d')}.",
         "",
         "| measure | seconds | ratio |",
         "|---|---:|---|",
@@ -246,16 +284,24 @@ def main() -> None:
     parser.add_argument("--bundles", type=int, default=10)
     parser.add_argument("--process-bundles", type=int, default=2)
     parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--database", choices=DATABASES, default="sqlite",
+                        help="the server's database: Prefect's default SQLite, or a throwaway PostgreSQL cluster")  # fmt: skip
     parser.add_argument("--no-update", action="store_true", help="leave BENCHMARKS.md as it is")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="genbundle-dispatch-") as home:
-        result = run(args.bundles, args.process_bundles, args.batch, Path(home))
+    home = Path(tempfile.mkdtemp(prefix="genbundle-dispatch-"))
+    try:
+        result = run(args.bundles, args.process_bundles, args.batch, args.database, home)
+    except BaseException:
+        print(f"the server's and workers' logs are kept in {home / 'logs'}", file=sys.stderr)
+        raise
+    shutil.rmtree(home)
+    name = "dispatch" if args.database == "sqlite" else f"dispatch-{args.database}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dispatch.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)
     print(table)
     if not args.no_update:
-        update_benchmarks_md("dispatch", table)
+        update_benchmarks_md(name, table)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import time
 
 from tasks.settings import get_settings
 
-POLL_SECONDS = 1.0  # how often a run's state is read (run_deployment's own wait polls every 5 s)
+# How often a run's state is read: an ended run is seen 0.25 s late on average (run_deployment's wait: 5 s).
+POLL_SECONDS = 0.5
 LIFE_CHECK_SECONDS = 5.0  # how often its heartbeats and its pool's workers are looked at
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 
