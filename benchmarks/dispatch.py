@@ -99,12 +99,16 @@ class Stack:
             }
         )
         self.procs: dict[str, subprocess.Popen] = {}
-        self.spawn("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        _wait(lambda: _healthy(port), 180, "the Prefect server")
-        deployed = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], env=self.env, cwd=ROOT,
-                                  capture_output=True, text=True)  # fmt: skip
-        if deployed.returncode:
-            raise RuntimeError(f"genbundle deploy failed: {deployed.stderr[-2000:]}")
+        try:
+            self.spawn("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+            _wait(lambda: _healthy(port), 180, "the Prefect server")
+            deployed = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], env=self.env, cwd=ROOT,
+                                      capture_output=True, text=True)  # fmt: skip
+            if deployed.returncode:
+                raise RuntimeError(f"genbundle deploy failed: {deployed.stderr[-2000:]}")
+        except BaseException:
+            self.close()  # the server and the database it started on: nothing left running
+            raise
 
     def spawn(self, name: str, *args: str) -> None:
         with open(self.logs / f"{name}.log", "w") as log:
@@ -121,7 +125,7 @@ class Stack:
             proc.wait()
 
     def close(self) -> None:
-        for name in [n for n in self.procs if n != "server"] + ["server"]:
+        for name in sorted(self.procs, key=lambda n: n == "server"):  # the server last
             self.stop(name)
         if self.postgres:
             self.postgres.close()
