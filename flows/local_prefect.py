@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -38,6 +39,9 @@ from tasks.errors import UserError
 from tasks.files import exclusive_lock
 
 STARTUP_TIMEOUT_S = 90.0
+# A stop normally takes well under a second; the server writes its last batches of task runs and
+# events while it stops, and they are lost if it is killed (a UI started later would miss them).
+STOP_TIMEOUT_S = 30.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -82,8 +86,12 @@ class TemporaryServer:
         env.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")
         command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        # Its messages go to a file, not a pipe: nobody reads a pipe once the server is up, and a server
+        # that had written 64 KB into it (a warning a run for a long batch, or debug logging) stopped
+        # answering, its last events lost when it was killed.
+        self.messages = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
         self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_detach
+            command, env=env, stdout=subprocess.DEVNULL, stderr=self.messages, preexec_fn=_detach
         )
         self.api_url = f"http://127.0.0.1:{self.port}/api"
 
@@ -98,8 +106,8 @@ class TemporaryServer:
         with httpx.Client(timeout=2) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    stderr = self.process.stderr.read()[-500:].strip()
-                    raise UserError(f"the temporary Prefect server exited: {stderr}")
+                    self.messages.seek(0)
+                    raise UserError(f"the temporary Prefect server exited: {self.messages.read()[-500:].strip()}")
                 try:
                     if client.get(f"{self.api_url}/health").status_code == 200:
                         return
@@ -114,9 +122,11 @@ class TemporaryServer:
             self._starting.close()  # stopped before it was ready (the run failed early)
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        self.messages.close()
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ print("exited", server.process.poll() is not None)
 # The temporary server records task runs and events in batches (flows/local_prefect.py): all of them, with their final
 # states, must be in the database once the command ends, as a Prefect UI started on it later shows them.
 TASK_RUNS_SCRIPT = """
+import os
 import sqlite3
 from prefect import flow, task
 from prefect.settings import get_current_settings
@@ -47,7 +49,7 @@ def doubles():
 
 with local_prefect() as server:
     server.wait_ready()
-    print("value", doubles(), doubles())
+    print("value", *(doubles() for _ in range(int(os.environ.get("RUNS", "2")))))
 database = sqlite3.connect(get_current_settings().home / "prefect.db")
 print("task-runs", sorted(database.execute("select state_type from task_run").fetchall()))
 print("task-run-events", database.execute("select count(*) from events where event like 'prefect.task-run.%'").fetchone()[0])
@@ -73,6 +75,12 @@ def test_every_task_run_is_recorded_with_its_final_state(tmp_path):
     assert seen == {"value": "20 20", "task-runs": str([("COMPLETED",)] * 10), "task-run-events": "30"}
 
 
+def test_a_talkative_server_keeps_answering_and_records_everything(tmp_path):
+    # Its debug log of these runs is well over 64 KB: more than a pipe holds when nobody reads it.
+    seen = run_script(tmp_path, TASK_RUNS_SCRIPT, RUNS="6", PREFECT_LOGGING_SERVER_LEVEL="DEBUG")
+    assert seen == {"value": " ".join(["20"] * 6), "task-runs": str([("COMPLETED",)] * 30), "task-run-events": "90"}
+
+
 def test_heartbeats_set_by_the_user_are_kept(tmp_path):
     assert run_script(tmp_path, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60")["heartbeat"] == "60"
 
@@ -83,8 +91,9 @@ def test_a_server_that_dies_at_start_gives_one_clear_error():
 
     server = local_prefect.TemporaryServer.__new__(local_prefect.TemporaryServer)
     server.api_url = "http://127.0.0.1:9/api"
+    server.messages = tempfile.TemporaryFile("w+")
     server.process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.exit('address already in use')"], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", "import sys; sys.exit('address already in use')"], stderr=server.messages
     )
     with pytest.raises(UserError, match="temporary Prefect server exited: address already in use"):
         server.wait_ready(timeout=30)
