@@ -26,6 +26,11 @@ Cancelled; the worker never kills itself). A worker stopped with a run in flight
 Crashed. Flow-run heartbeats are on, every HEARTBEAT_SECONDS unless
 PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: the dispatcher tells a dead worker by them.
 
+Latency: besides polling every PREFECT_WORKER_QUERY_SECONDS, the worker follows the server's event
+stream for runs scheduled on its pool and polls as soon as one is: a dispatched run starts without
+waiting up to a query interval (10 s by default) per hop. Where the stream is unavailable, the worker
+polls on its interval as any worker does.
+
 Health: `serve(..., with_healthcheck=True)` (`genbundle worker --with-healthcheck`) starts
 Prefect's own worker health server, as `prefect worker start --with-healthcheck` does: GET /health
 on PREFECT_WORKER_WEBSERVER_HOST:PREFECT_WORKER_WEBSERVER_PORT (Prefect's defaults: 0.0.0.0:8080)
@@ -55,6 +60,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.flows import Flow
 
+SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
 HEARTBEAT_SECONDS = 30  # Prefect's minimum; its default (180 s) would make a dead worker slow to notice
 PID_PREFIX = "in-process:"  # the runs' infrastructure_pid: no process id, so nothing can kill this worker
 
@@ -127,6 +133,7 @@ class WarmWorker(ProcessWorker):
         self._not_started: set[UUID] = set()  # handed to this worker, not yet in the engine
         self._cancelled: set[UUID] = set()  # cancelled before the engine got them
         self._settings = heartbeat_settings()
+        self._follow_task: asyncio.Task | None = None
 
     @classmethod
     def __dispatch_key__(cls) -> str:
@@ -154,6 +161,49 @@ class WarmWorker(ProcessWorker):
                 "settings when the process starts): set them where the worker starts",
                 self.name, work_pool.name, ", ".join(left_out),
             )  # fmt: skip
+        self._follow_task = asyncio.create_task(self._poll_when_scheduled(work_pool.id))
+
+    async def teardown(self, *exc_info) -> None:
+        if self._follow_task:
+            self._follow_task.cancel()
+            await asyncio.gather(self._follow_task, return_exceptions=True)
+        await super().teardown(*exc_info)
+
+    async def _poll_when_scheduled(self, pool_id: UUID) -> None:
+        """Poll as soon as the server tells of a run scheduled on this pool. Events that come together
+        make one poll; a lost stream is followed again after a query interval."""
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+        from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
+
+        scheduled = EventFilter(
+            event=EventNameFilter(name=[SCHEDULED_EVENT]),
+            related=EventRelatedFilter(id=[f"prefect.work-pool.{pool_id}"]),
+        )
+        wake = asyncio.Event()
+
+        async def poll_on_wake() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                try:
+                    await self.get_and_submit_flow_runs()
+                except Exception as err:  # noqa: BLE001 - the polling loop reports a server that fails
+                    self._logger.debug("warm worker %r: poll on a scheduled run failed: %s", self.name, err)
+
+        poller = asyncio.create_task(poll_on_wake())
+        try:
+            while True:
+                try:
+                    async with get_events_subscriber(filter=scheduled) as events:
+                        async for _ in events:
+                            wake.set()
+                except Exception as err:  # noqa: BLE001 - polling goes on; the stream is only a shortcut
+                    self._logger.debug("warm worker %r: event stream lost (%s); polling only", self.name, err)
+                await asyncio.sleep(PREFECT_WORKER_QUERY_SECONDS.value())
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
 
     async def _flow(self, flow_run: FlowRun) -> Flow:
         from prefect.flows import load_flow_from_flow_run

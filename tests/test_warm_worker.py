@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -227,7 +228,8 @@ def probe_worker(tmp_path_factory):
         "GENBUNDLE_PROBE_OVERRIDE": "from-pool",
     }
     port = _free_port()
-    with _server(home, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO") as (env, spawn, logs):
+    # Polls every 30 s: a run that starts sooner was taken on the server's word that it was scheduled.
+    with _server(home, PREFECT_WORKER_QUERY_SECONDS="30", PREFECT_LOGGING_LEVEL="INFO") as (env, spawn, logs):
 
         def post(path, body):  # a 503 from a busy SQLite server wrote nothing: asked again
             return _wait_for(_unless_busy(lambda: _api(env, path, body)), 60, f"the server to take POST {path}")
@@ -268,28 +270,44 @@ def test_health_endpoint_answers_200_while_the_warm_worker_polls(probe_worker):
         return any(w["status"] == "ONLINE" for w in _api(env, "/work_pools/cpu/workers/filter", {}))
 
     _wait_for(_unless_busy(online), 60, "the warm worker polling the cpu pool", poll=1)
-    for _ in range(3):  # and it stays healthy while it polls (every second here)
+    for _ in range(3):  # and it stays healthy while it polls
         assert _health(health) == 200, log.read_text()[-3000:]
         time.sleep(1)
     print(f"\nhealth endpoint served {served:.1f} s after the worker was spawned; 200 while it polls")
 
 
-@pytest.mark.slow
-def test_pool_env_reaches_runs_and_only_its_names_reach_the_log(probe_worker):
-    env, health, log, home = probe_worker
+def _probe_run(env: dict, out: Path) -> dict:
+    """Start the probe deployment once the warm worker polls; its run once it has ended."""
     _wait_for(_unless_busy(lambda: _api(env, "/work_pools/cpu/workers/filter", {})), 60, "the warm worker")
     deployment = _api(env, "/deployments/name/env-probe/probe")
-    out = home / "probe.json"
     run = _wait_for(
         _unless_busy(lambda: _api(env, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"out": str(out)}})),
         60, "the server to take the probe run",
     )  # fmt: skip
 
-    def final_state():
-        state = _api(env, f"/flow_runs/{run['id']}")["state"]
-        return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+    def ended():
+        ran = _api(env, f"/flow_runs/{run['id']}")
+        return ran if ran["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    state = _wait_for(_unless_busy(final_state), 120, "the probe run", poll=0.5)
+    return _wait_for(_unless_busy(ended), 120, "the probe run", poll=0.5)
+
+
+@pytest.mark.slow
+def test_a_run_starts_when_scheduled_not_at_the_next_poll(probe_worker):
+    env, _, log, home = probe_worker
+    run = _probe_run(env, home / "prompt.json")
+    assert run["state"]["type"] == "COMPLETED", log.read_text()[-3000:]
+    waited = datetime.fromisoformat(run["start_time"]) - datetime.fromisoformat(run["created"])
+    print(f"\nscheduled to started: {waited.total_seconds():.1f} s (the worker polls every 30 s)")
+    assert waited < timedelta(seconds=10), log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_pool_env_reaches_runs_and_only_its_names_reach_the_log(probe_worker):
+    env, health, log, home = probe_worker
+    out = home / "probe.json"
+    run = _probe_run(env, out)
+    state = run["state"]
     text = log.read_text()
     assert state["type"] == "COMPLETED", f"{state['message']}\n{text[-3000:]}"
     seen = json.loads(out.read_text())
