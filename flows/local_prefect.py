@@ -87,8 +87,7 @@ class TemporaryServer:
         command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
         # Its messages go to a file, not a pipe: nobody reads a pipe once the server is up, and a server
-        # that had written 64 KB into it (a warning a run for a long batch, or debug logging) stopped
-        # answering, its last events lost when it was killed.
+        # that had written 64 KB into it (its debug log of two flow runs) stopped answering.
         self.messages = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=self.messages, preexec_fn=_detach
