@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from benchmarks.batch_generation import measure as measure_pipeline_batch
 from benchmarks.cpu_bundle import machine, update_benchmarks_md
+from flows.local_prefect import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,7 +55,7 @@ class Postgres:
 
     def __init__(self):
         self.folder = folder = Path(tempfile.mkdtemp(prefix="genbundle-postgres-"))  # its own: the user must reach it
-        self.data, self.port = folder / "pgdata", _free_port()
+        self.data, self.port = folder / "pgdata", free_port()
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
             shutil.chown(folder, "postgres")
@@ -77,7 +77,7 @@ class Stack:
     """A Prefect server (on SQLite, or on PostgreSQL) and the workers started against it, all stopped by close()."""
 
     def __init__(self, home: Path, database: str):
-        port = _free_port()
+        port = free_port()
         self.home, self.logs = home, home / "logs"
         self.logs.mkdir(parents=True)
         self.postgres = Postgres() if database == "postgres" else None
@@ -129,12 +129,6 @@ class Stack:
             self.stop(name)
         if self.postgres:
             self.postgres.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(port: int) -> bool:

@@ -53,6 +53,13 @@ def _detach() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def free_port() -> int:
+    """A loopback port free now (the system's pick; Prefect picks its own the same way)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class TemporaryServer:
     """A Prefect API server in a subprocess, for this process's runs only."""
 
@@ -65,9 +72,7 @@ class TemporaryServer:
         # migrate it and one dies ("duplicate column"): each starts once the one before answers.
         self._starting = ExitStack()
         self._starting.enter_context(exclusive_lock(Path(get_current_settings().home) / "genbundle-server-start.lock"))
-        with socket.socket() as probe:  # a free port; Prefect picks its own the same way
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         env = os.environ | get_current_settings().to_environment_variables(exclude_unset=True)
         env |= {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         # SQLite's wait for a locked database, 10 s by default, after which the API answers 503: on a

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ASSET_COUNT
 
+from flows.local_prefect import free_port
 from tasks.engines import ROLES, default_engine
 from tasks.models import ensure_tiny_model
 
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.slow  # a live server, deployments and a process worker
 
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ("cpu", *(role.pool for role in ROLES.values()))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
@@ -78,7 +72,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _server(home: Path, **extra_env: str):
     """A `prefect server start` of its own, logging into `home`/logs; yields (env, spawn, log folder).
     `spawn(name, *args, **env)` starts `python -m *args` against it; all end with the server."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "PREFECT_HOME": str(home / "home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",

@@ -16,6 +16,7 @@ import pytest
 from conftest import ASSET_COUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY, minimal_manifest
 from loopback_s3 import RESET, FaultyProxy
 
+from flows.local_prefect import free_port
 from tasks.catalogue import describe_asset
 from tasks.s3 import S3Location, StorageError, check_bucket, list_bundles, parse_s3_url, upload_bundle_dir
 from tasks.settings import get_settings
@@ -190,9 +191,7 @@ def test_multipart_uploads_left_by_a_killed_run_are_aborted(s3, bundle):
 
 
 def test_unreachable_endpoint(monkeypatch, bundle):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
@@ -210,9 +209,7 @@ def test_wrong_bucket(s3):
 
 def test_bad_credentials(tmp_path, monkeypatch):
     """A second moto server with authentication on: an unknown access key is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env=os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "0"},

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ASSET_COUNT
-from test_prefect_server import REPO, _api, _bundles, _free_port, _genbundle, _server, _wait_for
+from test_prefect_server import REPO, _api, _bundles, _genbundle, _server, _wait_for
 
 from flows.cli import main
+from flows.local_prefect import free_port
 from tasks.engines import ROLES, default_engine
 
 GPU_POOLS = {role: r.pool for role, r in ROLES.items()}
@@ -227,7 +228,7 @@ def probe_worker(tmp_path_factory):
         "GENBUNDLE_PROBE_SECRET": PROBE_SECRET,
         "GENBUNDLE_PROBE_OVERRIDE": "from-pool",
     }
-    port = _free_port()
+    port = free_port()
     # Polls every 30 s: a run that starts sooner was taken on the server's word that it was scheduled.
     with _server(home, PREFECT_WORKER_QUERY_SECONDS="30", PREFECT_LOGGING_LEVEL="INFO") as (env, spawn, logs):
 
