@@ -34,6 +34,7 @@ from tasks.logs import run_logger
 from tasks.manifest import EngineRun
 from tasks.models import LoadedPipeline, load_pipeline, portable_source, reload_pipeline, runtime
 from tasks.progress import tracked
+from tasks.progress_artifact import ProgressArtifact
 from tasks.settings import get_settings
 from tasks.workspace import Step, StepResult, Workspace
 
@@ -61,41 +62,6 @@ class Generated(StepResult):
     engine: EngineRun
     load_seconds: float
     generate_seconds: float
-
-
-# The least time between two writes of a generation's progress artifact. Each write is an API call made
-# in the denoising thread, 40-70 ms on a busy 2-core machine; a tiny generation used to make five.
-PROGRESS_EVERY_S = 0.5
-
-
-def step_progress(job: Job, clock: Callable[[], float] = time.monotonic) -> Callable[[int], None]:
-    """A per-denoising-step callback that feeds a Prefect progress artifact (inside a task run).
-
-    The artifact is written at the last step and otherwise at most every PROGRESS_EVERY_S seconds; it is
-    created at its first write, so a generation done within that time makes one call (at 100 %).
-    """
-    from prefect.context import TaskRunContext
-
-    if TaskRunContext.get() is None:
-        return lambda step: None
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-    artifact_id, last_write = None, clock()
-
-    def on_step(step: int) -> None:
-        nonlocal artifact_id, last_write
-        last_step = step + 1 >= job.steps
-        if not last_step and clock() - last_write < PROGRESS_EVERY_S:
-            return
-        percent = min(100.0 * (step + 1) / job.steps, 100.0)
-        if artifact_id is None:
-            description = f"{job.role}: {job.steps} denoising steps"
-            artifact_id = create_progress_artifact(progress=percent, description=description)
-        else:
-            update_progress_artifact(artifact_id, progress=percent)
-        last_write = clock()
-
-    return on_step
 
 
 def call_pipeline(eng: Engine, loaded: LoadedPipeline, jobs: list[Job], on_step: Callable[[int], None]):
@@ -140,24 +106,24 @@ def run_generation(jobs: list[Job]):
     loaded = load_pipeline(job.engine, job.profile, job.weights_override)
     load_seconds = time.perf_counter() - start
     rt = runtime()
-    on_step = step_progress(job)
-    diffused = call_pipeline(eng, loaded, jobs, on_step)
-    if diffused is None:
-        tried = [loaded.memory]
-        lighter = lighter_policy(loaded.memory)
-        if lighter is None or len(jobs) > 1:
-            raise OutOfGpuMemory(job, tried)
-        run_logger(__name__).warning(
-            f"{job.role}: engine {job.engine} ran out of GPU memory under {loaded.memory}; "
-            f"retrying once under {lighter}"
-        )
-        del loaded  # the cache's reference goes in the reload; with this one gone its GPU memory is freed
-        start = time.perf_counter()
-        loaded = reload_pipeline(job.engine, job.profile, job.weights_override, lighter)
-        load_seconds += time.perf_counter() - start
+    with ProgressArtifact(job) as on_step:
         diffused = call_pipeline(eng, loaded, jobs, on_step)
         if diffused is None:
-            raise OutOfGpuMemory(job, [*tried, loaded.memory])
+            tried = [loaded.memory]
+            lighter = lighter_policy(loaded.memory)
+            if lighter is None or len(jobs) > 1:
+                raise OutOfGpuMemory(job, tried)
+            run_logger(__name__).warning(
+                f"{job.role}: engine {job.engine} ran out of GPU memory under {loaded.memory}; "
+                f"retrying once under {lighter}"
+            )
+            del loaded  # the cache's reference goes in the reload; with this one gone its GPU memory is freed
+            start = time.perf_counter()
+            loaded = reload_pipeline(job.engine, job.profile, job.weights_override, lighter)
+            load_seconds += time.perf_counter() - start
+            diffused = call_pipeline(eng, loaded, jobs, on_step)
+            if diffused is None:
+                raise OutOfGpuMemory(job, [*tried, loaded.memory])
     outputs, scheduler_class, energy = diffused
     # A batch's jobs each get an equal share of the call's seconds and energy (and of the load): the
     # call cannot tell which item used what; `batch` in the record says how many shared it.

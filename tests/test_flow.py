@@ -245,22 +245,6 @@ def test_bundle_uploaded_to_s3_with_links_and_no_secret(s3, tmp_path):
     assert TEST_SECRET_KEY.encode() not in manifest and b"X-Amz-Signature" not in manifest
 
 
-def test_generations_report_progress_artifacts(tiny_bundle):
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
-            )
-
-    progress = anyio.run(read)
-    described = {a.description.split(":")[0] for a in progress if a.data == 100.0}
-    assert described >= set(ROLES)  # each generation reached 100 %
-
-
 def test_compute_and_energy_for_every_asset_and_model_step(tiny_bundle):
     from tasks.models import runtime
 

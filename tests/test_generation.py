@@ -90,47 +90,113 @@ def test_video(workspace):
 
 @pytest.fixture
 def progress_writes(monkeypatch):
-    """The progress artifact API calls, as ("create" | "update", percent)."""
+    """The progress artifact API calls, as ("create" | "update", percent); a write waits while `held` is clear."""
+    import threading
+
     import prefect.artifacts
 
-    writes = []
+    writes, held = [], threading.Event()
+    held.set()
 
     def create(progress, description):
+        held.wait(10)
         writes.append(("create", progress))
         return "the-artifact-id"
 
     def update(artifact_id, progress):
         assert artifact_id == "the-artifact-id"
+        held.wait(10)
         writes.append(("update", progress))
 
     monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", create)
     monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", update)
-    return writes
+    return writes, held
 
 
-def _progress_in_a_task_run(job, clock):
-    """A generation's step callback as made inside a task run (it looks for one once, when made)."""
+def _progress_in_a_task_run(job):
+    """A generation's progress entered as inside a task run (it looks for one once, when entered)."""
     import prefect.context
 
-    from tasks.generation import step_progress
+    from tasks.progress_artifact import ProgressArtifact
 
+    progress = ProgressArtifact(job)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(prefect.context.TaskRunContext, "get", lambda: object())
-        return step_progress(job, clock)
+        on_step = progress.__enter__()
+    return progress, on_step
 
 
-def test_progress_is_written_at_most_every_half_second_and_at_the_last_step(progress_writes):
-    """Each write is an API call in the denoising thread: steps of 0.2 s write every third step, then 100 %."""
-    now = [0.0]
-    on_step = _progress_in_a_task_run(_job("cover").model_copy(update={"steps": 10}), lambda: now[0])
-    for step in range(10):
-        now[0] += 0.2
+def test_the_denoising_loop_never_waits_for_a_progress_write(progress_writes, monkeypatch):
+    """A write is an API call: the writer thread makes it while the steps go on, and the last one
+    (100 %) after the generation has ended, which does not wait for it."""
+    import time
+
+    writes, held = progress_writes
+    monkeypatch.setattr("tasks.progress_artifact.PROGRESS_EVERY_S", 0.01)
+    held.clear()  # the API answers nothing until the steps are all done
+    progress, on_step = _progress_in_a_task_run(_job("cover").model_copy(update={"steps": 10}))
+    on_step(0)
+    time.sleep(0.2)  # the writer's first write has started, and waits
+    started = time.perf_counter()
+    for step in range(1, 10):
         on_step(step)
-    assert progress_writes == [("create", 30.0), ("update", 60.0), ("update", 90.0), ("update", 100.0)]
+    progress.__exit__(None, None, None)
+    assert time.perf_counter() - started < 1.0 and writes == []  # not held up by the waiting write
+    held.set()
+    progress.writer.join(10)
+    assert writes == [("create", 10.0), ("update", 100.0)]
 
 
-def test_a_generation_done_within_half_a_second_writes_its_progress_once(progress_writes):
-    on_step = _progress_in_a_task_run(_job("sound").model_copy(update={"steps": 4}), lambda: 0.0)
+def test_a_generation_done_before_the_first_write_writes_none(progress_writes):
+    writes, _ = progress_writes
+    progress, on_step = _progress_in_a_task_run(_job("sound").model_copy(update={"steps": 4}))
     for step in range(4):
         on_step(step)
-    assert progress_writes == [("create", 100.0)]
+    progress.__exit__(None, None, None)
+    progress.writer.join(10)
+    assert writes == []
+
+
+def test_a_failed_progress_write_does_not_fail_the_generation(monkeypatch, caplog):
+    import prefect.artifacts
+
+    def unreachable(progress, description):
+        raise ConnectionError("the API is down")
+
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact", unreachable)
+    monkeypatch.setattr("tasks.progress_artifact.PROGRESS_EVERY_S", 0.01)
+    progress, on_step = _progress_in_a_task_run(_job("video").model_copy(update={"steps": 3}))
+    on_step(0)
+    progress.writer.join(10)  # it stops at its first failure, before the generation has ended
+    assert not progress.writer.is_alive()
+    progress.__exit__(None, None, None)
+    assert "video: 3 denoising steps: progress not shown: the API is down" in caplog.text
+
+
+def test_a_generation_shows_its_progress_on_its_task_run(prefect_api, monkeypatch, tmp_path):
+    """Through the Prefect API: the artifact is filed under the generation's task run and reaches 100 %."""
+    import time
+
+    import anyio
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId
+
+    monkeypatch.setattr("tasks.progress_artifact.PROGRESS_EVERY_S", 0.01)
+    job = _job("video", video={"frames": 4, "fps": 4})
+
+    @flow
+    def one_generation():
+        return generate(job, Workspace(root=str(tmp_path)), return_state=True)
+
+    task_run_id = one_generation().state_details.task_run_id
+
+    async def progress():
+        async with get_client() as client:
+            runs = ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[task_run_id]))
+            return [(a.type, a.data, a.description) for a in await client.read_artifacts(artifact_filter=runs)]
+
+    deadline = time.monotonic() + 30  # the last write is made after the task run ended
+    while (found := anyio.run(progress)) != [("progress", 100.0, f"video: {job.steps} denoising steps")]:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
