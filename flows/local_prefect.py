@@ -175,6 +175,9 @@ def flush_to_api(timeout: float = 5.0) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
+    from tasks.progress_artifact import wait_for_writers
+
+    wait_for_writers(timeout)  # a generation's last progress write is made after it ended
     APILogWorker.drain_all(timeout=timeout, at_exit=False)
     EventsWorker.drain_all(timeout=timeout, at_exit=False)
 

@@ -13,10 +13,19 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 
 from tasks.jobs import Job
 
 PROGRESS_EVERY_S = 0.5
+_writers: set[threading.Thread] = set()  # those still writing: a temporary server waits for them
+
+
+def wait_for_writers(timeout: float) -> None:
+    """Let the last writes land before the API they go to stops (a command's temporary server)."""
+    deadline = time.monotonic() + timeout
+    for writer in list(_writers):
+        writer.join(max(0.0, deadline - time.monotonic()))
 
 
 class ProgressArtifact:
@@ -24,7 +33,8 @@ class ProgressArtifact:
 
     Inside a task run a writer thread keeps the artifact up to date and, once the block ends, makes
     its last write (the steps reached: 100 % unless the generation failed) and stops: nobody waits for
-    it, and it is not a daemon, so a process that ends lets it finish. Outside a task run, no writes.
+    it: it is not a daemon, so a process that ends lets it finish, and a command's temporary server
+    waits for it before stopping (`wait_for_writers`). Outside a task run, no writes.
     """
 
     def __init__(self, job: Job):
@@ -45,6 +55,7 @@ class ProgressArtifact:
             context = contextvars.copy_context()  # the task run's context: the artifact is filed under it
             name = f"progress-{self.description.split(':')[0]}"
             self.writer = threading.Thread(target=context.run, args=(self._write_until_ended,), name=name)
+            _writers.add(self.writer)
             self.writer.start()
         return self.on_step
 
@@ -52,6 +63,12 @@ class ProgressArtifact:
         self._ended.set()
 
     def _write_until_ended(self) -> None:
+        try:
+            self._write_progress()
+        finally:
+            _writers.discard(threading.current_thread())
+
+    def _write_progress(self) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
         artifact_id, written = None, 0

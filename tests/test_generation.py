@@ -129,7 +129,10 @@ def _progress_in_a_task_run(job):
 def test_the_denoising_loop_never_waits_for_a_progress_write(progress_writes, monkeypatch):
     """A write is an API call: the writer thread makes it while the steps go on, and the last one
     (100 %) after the generation has ended, which does not wait for it."""
+    import threading
     import time
+
+    from tasks.progress_artifact import wait_for_writers
 
     writes, held = progress_writes
     monkeypatch.setattr("tasks.progress_artifact.PROGRESS_EVERY_S", 0.01)
@@ -142,8 +145,8 @@ def test_the_denoising_loop_never_waits_for_a_progress_write(progress_writes, mo
         on_step(step)
     progress.__exit__(None, None, None)
     assert time.perf_counter() - started < 1.0 and writes == []  # not held up by the waiting write
-    held.set()
-    progress.writer.join(10)
+    threading.Timer(0.2, held.set).start()
+    wait_for_writers(10)  # what a command does before its temporary server stops
     assert writes == [("create", 10.0), ("update", 100.0)]
 
 
