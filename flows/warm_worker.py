@@ -27,9 +27,10 @@ Crashed. Flow-run heartbeats are on, every HEARTBEAT_SECONDS unless
 PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set: the dispatcher tells a dead worker by them.
 
 Latency: besides polling every PREFECT_WORKER_QUERY_SECONDS, the worker follows the server's event
-stream for runs scheduled on its pool and polls as soon as one is: a dispatched run starts without
-waiting up to a query interval (10 s by default) per hop. Where the stream is unavailable, the worker
-polls on its interval as any worker does.
+stream for runs scheduled on its pool and polls as soon as one is, and again whenever one of its slots
+frees (a run scheduled while all were busy is not left for the next interval): a dispatched run starts
+without waiting up to a query interval (10 s by default) per hop. Where the stream is unavailable, the
+worker polls on its interval as any worker does.
 
 Health: `serve(..., with_healthcheck=True)` (`genbundle worker --with-healthcheck`) starts
 Prefect's own worker health server, as `prefect worker start --with-healthcheck` does: GET /health
@@ -42,6 +43,7 @@ loop, and the health answer, go on while they work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 from typing import TYPE_CHECKING
@@ -73,6 +75,18 @@ def heartbeat_settings() -> dict:
     if "heartbeat_frequency" in flows.model_fields_set and flows.heartbeat_frequency is not None:
         return {}  # the operator's frequency; "off" (None, as genbundle run sets it) does not hold here
     return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}
+
+
+def end_runs_without_heartbeat_join() -> None:
+    """Flow runs in this process end without waiting for their heartbeat thread. Prefect's sync engine
+    joins it at the end of a run, and it sleeps in 1 s steps: the run's slot stayed taken up to 1 s
+    after the run was Completed. Prefect's async engine does not join it (`join_on_exit=False`), and
+    the thread ends by itself at its next step; this process's flow runs get the same."""
+    import prefect.flow_engine
+
+    send = prefect.flow_engine._send_heartbeats
+    if not isinstance(send, functools.partial):
+        prefect.flow_engine._send_heartbeats = functools.partial(send, join_on_exit=False)
 
 
 def apply_pool_env(env: dict[str, str | None], environ=os.environ) -> tuple[list[str], list[str]]:
@@ -134,6 +148,7 @@ class WarmWorker(ProcessWorker):
         self._cancelled: set[UUID] = set()  # cancelled before the engine got them
         self._settings = heartbeat_settings()
         self._follow_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # poll now: a run was scheduled on the pool, or a slot was freed
 
     @classmethod
     def __dispatch_key__(cls) -> str:
@@ -148,6 +163,7 @@ class WarmWorker(ProcessWorker):
         """Prefect's setup (client, first sync with the pool), then the pool's `env` applied to this
         process, once, before the first poll: runs share this process's environment."""
         await super().setup()
+        end_runs_without_heartbeat_join()
         work_pool = self._work_pool or await self.client.read_work_pool(self._work_pool_name)
         applied, left_out = apply_pool_env(await pool_env(work_pool, self.client))
         if applied:
@@ -180,16 +196,15 @@ class WarmWorker(ProcessWorker):
             event=EventNameFilter(name=[SCHEDULED_EVENT]),
             related=EventRelatedFilter(id=[f"prefect.work-pool.{pool_id}"]),
         )
-        wake = asyncio.Event()
 
         async def poll_on_wake() -> None:
             while True:
-                await wake.wait()
-                wake.clear()
+                await self._wake.wait()
+                self._wake.clear()
                 try:
                     await self.get_and_submit_flow_runs()
                 except Exception as err:  # noqa: BLE001 - the polling loop reports a server that fails
-                    self._logger.debug("warm worker %r: poll on a scheduled run failed: %s", self.name, err)
+                    self._logger.debug("warm worker %r: an early poll failed: %s", self.name, err)
 
         poller = asyncio.create_task(poll_on_wake())
         try:
@@ -197,13 +212,19 @@ class WarmWorker(ProcessWorker):
                 try:
                     async with get_events_subscriber(filter=scheduled) as events:
                         async for _ in events:
-                            wake.set()
+                            self._wake.set()
                 except Exception as err:  # noqa: BLE001 - polling goes on; the stream is only a shortcut
                     self._logger.debug("warm worker %r: event stream lost (%s); polling only", self.name, err)
                 await asyncio.sleep(PREFECT_WORKER_QUERY_SECONDS.value())
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+
+    def _release_limit_slot(self, flow_run_id: UUID) -> None:
+        """A run scheduled while every slot was busy was left for the next poll (a query interval
+        later): poll as soon as a slot is free instead."""
+        super()._release_limit_slot(flow_run_id)
+        self._wake.set()
 
     async def _flow(self, flow_run: FlowRun) -> Flow:
         from prefect.flows import load_flow_from_flow_run

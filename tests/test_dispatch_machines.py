@@ -10,14 +10,13 @@ import time
 
 import pytest
 from conftest import ASSET_COUNT, TEST_ACCESS_KEY, TEST_SECRET_KEY
-from test_prefect_server import POOLS, _api, _genbundle, _prefect, _server, _wait_for
+from test_prefect_server import FINAL, POOLS, _api, _ended, _genbundle, _prefect, _server, _wait_for
 
 from tasks.engines import ROLES
 
 pytestmark = pytest.mark.slow  # a live server, deployments and a process worker per pool
 
 STALL_SECONDS = 45  # GENBUNDLE_DISPATCH_STALL_SECONDS of the bundle runs here (the least allowed)
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +167,5 @@ def test_cancelling_a_bundle_run_cancels_its_generations(machines):
     # The bundle run is marked Cancelled by its worker at the end of the worker's cancellation sequence
     # (its process stopped, the flow's cancellation hooks run): 13 s after the run was stopped, in one
     # run here, when its generations had all ended already.
-    def bundle_ended():
-        state_type = _api(env, f"/flow_runs/{bundle['id']}")["state_type"]
-        return state_type if state_type in FINAL else None
-
-    assert _wait_for(bundle_ended, 120, "the bundle run to end after it was cancelled", poll=1) == "CANCELLED"
+    ended = _wait_for(_ended(env, bundle["id"]), 120, "the bundle run to end after it was cancelled", poll=1)
+    assert ended["state_type"] == "CANCELLED"

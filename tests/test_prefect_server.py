@@ -37,6 +37,33 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _unless_busy(predicate):
+    """A polling predicate that reads a SQLite server's 503 ("database is locked") as not yet."""
+
+    def polled():
+        try:
+            return predicate()
+        except urllib.error.HTTPError as err:
+            if err.code != 503:
+                raise
+            return None
+
+    return polled
+
+
+def _ended(env: dict, run_id: str):
+    """A polling predicate for _wait_for: the flow run, once its state is final."""
+
+    def ended():
+        run = _api(env, f"/flow_runs/{run_id}")
+        return run if run["state_type"] in FINAL else None
+
+    return _unless_busy(ended)
+
+
 def _api(env: dict, path: str, body: dict | None = None):
     """GET (or POST `body` to) the server's REST API; returns the decoded JSON."""
     data = json.dumps(body).encode() if body is not None else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ASSET_COUNT
-from test_prefect_server import REPO, _api, _bundles, _genbundle, _server, _wait_for
+from test_prefect_server import REPO, _api, _bundles, _ended, _genbundle, _server, _unless_busy, _wait_for
 
 from flows.cli import main
 from flows.local_prefect import free_port
@@ -65,6 +65,46 @@ def test_heartbeats_every_30_s_unless_the_operator_chose():
     assert heartbeat_settings() == {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS} and HEARTBEAT_SECONDS == 30
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 120}):
         assert heartbeat_settings() == {}
+
+
+def test_runs_in_a_warm_worker_end_without_joining_their_heartbeat_thread(prefect_api, monkeypatch):
+    """Prefect's sync engine joins a run's heartbeat thread, which sleeps in 1 s steps, before the run's
+    call returns: the worker's slot stayed taken up to 1 s after the run was Completed."""
+    import threading
+    import types
+
+    import prefect.flow_engine
+    from prefect import flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from flows.warm_worker import end_runs_without_heartbeat_join
+
+    heartbeat_threads, joined = [], []
+
+    class Recorded(threading.Thread):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            heartbeat_threads.append(self)
+
+        def join(self, timeout=None):
+            joined.append(self)
+            super().join(timeout)
+
+    # Only the heartbeat context makes threads in Prefect's flow engine. Both patches are undone after the test.
+    monkeypatch.setattr(prefect.flow_engine, "threading", types.SimpleNamespace(Thread=Recorded, Event=threading.Event))
+    prefects_own = getattr(prefect.flow_engine._send_heartbeats, "func", prefect.flow_engine._send_heartbeats)
+    monkeypatch.setattr(prefect.flow_engine, "_send_heartbeats", prefects_own)
+
+    @flow
+    def beating() -> int:
+        return 1
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        assert beating() == 1
+        assert len(heartbeat_threads) == 1 and joined == heartbeat_threads  # Prefect's own way
+        end_runs_without_heartbeat_join()
+        assert beating() == 1
+    assert len(heartbeat_threads) == 2 and joined == heartbeat_threads[:1]  # the second run: not joined
 
 
 def test_pool_env_wins_over_the_workers_own_and_prefect_settings_are_left_out(settings_env):
@@ -130,20 +170,6 @@ def warm_stack(tmp_path_factory):
         yield env, Path(env["GENBUNDLE_OUT"]), logs
 
 
-def _unless_busy(predicate):
-    """A polling predicate that reads a SQLite server's 503 ("database is locked") as not yet."""
-
-    def polled():
-        try:
-            return predicate()
-        except urllib.error.HTTPError as err:
-            if err.code != 503:
-                raise
-            return None
-
-    return polled
-
-
 def _run_bundle(env: dict, title: str, seed: int) -> tuple[dict, float]:
     """Start asset-bundle/dispatched for a brief and wait for it: (its final state, seconds from trigger)."""
     deployment = _api(env, "/deployments/name/asset-bundle/dispatched")
@@ -153,13 +179,8 @@ def _run_bundle(env: dict, title: str, seed: int) -> tuple[dict, float]:
         lambda: _api(env, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"brief": brief}})
     )
     run = _wait_for(create, 60, f"the server to take bundle '{title}'")  # a 503 wrote nothing: asked again
-
-    def final_state():
-        state = _api(env, f"/flow_runs/{run['id']}")["state"]
-        return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-
-    state = _wait_for(_unless_busy(final_state), 600, f"bundle '{title}'", poll=0.5)
-    return state, time.perf_counter() - started
+    ended = _wait_for(_ended(env, run["id"]), 600, f"bundle '{title}'", poll=0.5)
+    return ended["state"], time.perf_counter() - started
 
 
 def _heartbeats(env: dict, flow_run_id: str) -> int:
@@ -277,20 +298,19 @@ def test_health_endpoint_answers_200_while_the_warm_worker_polls(probe_worker):
     print(f"\nhealth endpoint served {served:.1f} s after the worker was spawned; 200 while it polls")
 
 
-def _probe_run(env: dict, out: Path) -> dict:
-    """Start the probe deployment once the warm worker polls; its run once it has ended."""
+def _start_probe(env: dict, out: Path) -> dict:
+    """Start the probe deployment once the warm worker polls; returns the new run."""
     _wait_for(_unless_busy(lambda: _api(env, "/work_pools/cpu/workers/filter", {})), 60, "the warm worker")
     deployment = _api(env, "/deployments/name/env-probe/probe")
-    run = _wait_for(
+    return _wait_for(
         _unless_busy(lambda: _api(env, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {"out": str(out)}})),
         60, "the server to take the probe run",
     )  # fmt: skip
 
-    def ended():
-        ran = _api(env, f"/flow_runs/{run['id']}")
-        return ran if ran["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    return _wait_for(_unless_busy(ended), 120, "the probe run", poll=0.5)
+def _probe_run(env: dict, out: Path) -> dict:
+    """Start the probe deployment; its run once it has ended."""
+    return _wait_for(_ended(env, _start_probe(env, out)["id"]), 120, "the probe run", poll=0.5)
 
 
 @pytest.mark.slow
@@ -301,6 +321,22 @@ def test_a_run_starts_when_scheduled_not_at_the_next_poll(probe_worker):
     waited = datetime.fromisoformat(run["start_time"]) - datetime.fromisoformat(run["created"])
     print(f"\nscheduled to started: {waited.total_seconds():.1f} s (the worker polls every 30 s)")
     assert waited < timedelta(seconds=10), log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_a_run_waiting_for_a_busy_slot_starts_when_the_slot_frees(probe_worker):
+    """One slot, three runs at once: each starts when the one before has ended, not at the next poll (30 s)."""
+    env, _, log, home = probe_worker
+    started = [_start_probe(env, home / f"queued-{i}.json") for i in range(3)]
+    runs = [_wait_for(_ended(env, run["id"]), 150, "a queued probe run", poll=0.5) for run in started]
+    assert all(run["state_type"] == "COMPLETED" for run in runs), log.read_text()[-3000:]
+    runs.sort(key=lambda run: run["start_time"])
+    gaps = [
+        (datetime.fromisoformat(later["start_time"]) - datetime.fromisoformat(earlier["end_time"])).total_seconds()
+        for earlier, later in zip(runs, runs[1:])
+    ]
+    print(f"\nfrom one run's end to the next one's start: {', '.join(f'{g:.1f}' for g in gaps)} s")
+    assert max(gaps) < 10, log.read_text()[-3000:]
 
 
 @pytest.mark.slow
