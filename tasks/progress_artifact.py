@@ -32,12 +32,13 @@ class ProgressArtifact:
     """`with ProgressArtifact(job) as on_step:` then `on_step(i)` after denoising step i.
 
     Inside a task run a writer thread keeps the artifact up to date and, once the block ends, makes
-    its last write (the steps reached: 100 % unless the generation failed) and stops: nobody waits for
-    it: it is not a daemon, so a process that ends lets it finish, and a command's temporary server
-    waits for it before stopping (`wait_for_writers`). Outside a task run, no writes.
+    its last write (the steps reached: 100 % unless the generation failed) and stops. The generation
+    does not wait for that write; the process does (the thread is not a daemon), and so does a
+    command's temporary server before it stops (`wait_for_writers`). Outside a task run, no writes.
     """
 
     def __init__(self, job: Job):
+        self.role = job.role
         self.description = f"{job.role}: {job.steps} denoising steps"
         self.steps = job.steps
         self.every = PROGRESS_EVERY_S
@@ -53,8 +54,9 @@ class ProgressArtifact:
 
         if TaskRunContext.get() is not None:
             context = contextvars.copy_context()  # the task run's context: the artifact is filed under it
-            name = f"progress-{self.description.split(':')[0]}"
-            self.writer = threading.Thread(target=context.run, args=(self._write_until_ended,), name=name)
+            self.writer = threading.Thread(
+                target=context.run, args=(self._write_until_ended,), name=f"progress-{self.role}"
+            )
             _writers.add(self.writer)
             self.writer.start()
         return self.on_step
