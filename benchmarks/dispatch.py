@@ -5,11 +5,13 @@
 
 One run on this machine, tiny models, a `prefect server` of its own, the workers sharing one
 GENBUNDLE_OUT (no S3: the handover through a bucket is tests/test_dispatch_machines.py's). In order:
-1. the in-process warm bundle: `asset_bundle` called in this process against the same server,
-   after one bundle that loads the models (median of --bundles);
+1. the in-process warm bundle: `asset_bundle` called in this process against the same server, as
+   `genbundle run` calls it, after one bundle that loads the models (median of --bundles);
 2. warm workers, `genbundle worker`, for every pool (the cpu pool too: a bundle run in a fresh
    process would cost a cold start each): --bundles dispatched bundles one after another, each
    timed from the trigger to Completed; the models each worker loaded, from its log;
+   for the warm bundles of 1 and 2, the CPU seconds per bundle of every process (this one, the
+   server, the database, the workers), above what they use idle;
 3. a dispatched batch of --batch briefs (one generation run per role for all of them) against
    the same number of dispatched bundles one by one (from 2); and, in this process before the
    workers start, --batch cover jobs through one pipeline call against one call each
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from benchmarks.batch_generation import measure as measure_pipeline_batch
 from benchmarks.cpu_bundle import machine, update_benchmarks_md
-from flows.local_prefect import free_port
+from flows.local_prefect import free_port, local_prefect
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -168,16 +170,61 @@ def trigger_and_wait(deployment: str, parameters: dict) -> float:
 
 
 def in_process_bundles(seeds: list[int]) -> list[float]:
-    """The first bundle (models loaded) and then warm ones, called in this process."""
+    """The first bundle (models loaded) and then warm ones, called in this process with the settings
+    `genbundle run` gives its runs (local_prefect: flow-run heartbeats off). With Prefect's default
+    heartbeats on, a flow call returns only once its heartbeat thread, which sleeps in 1 s steps, has
+    ended: up to 1 s after the run is Completed, which is where a dispatched bundle is timed."""
     from flows.bundle import asset_bundle
     from tasks.brief import parse_brief
 
     times = []
-    for seed in seeds:
-        started = time.perf_counter()
-        asset_bundle(parse_brief(brief(seed)))
-        times.append(time.perf_counter() - started)
+    with local_prefect():  # the stack's server is configured: no temporary one
+        for seed in seeds:
+            started = time.perf_counter()
+            asset_bundle(parse_brief(brief(seed)))
+            times.append(time.perf_counter() - started)
     return times
+
+
+IDLE_S = 10.0  # how long the stack's idle CPU use is measured before a metered set of bundles
+SETTLE_S = 3.0  # after one: what the server and workers still do for its bundles (events stored) counts
+
+
+def cpu_seconds(stack: Stack) -> float:
+    """CPU time used so far by this process, the stack's processes and their children, and the database."""
+    import psutil
+
+    roots = [os.getpid(), *(proc.pid for proc in stack.procs.values())]
+    if stack.postgres:  # started by pg_ctl: not a child of anything here
+        roots.append(int((stack.postgres.data / "postmaster.pid").read_text().split()[0]))
+    processes = {}  # by pid: the stack's processes are this one's children too
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            processes |= {p.pid: p for p in [root, *root.children(recursive=True)]}
+        except psutil.Error:
+            continue
+    total = 0.0
+    for process in processes.values():
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        total += times.user + times.system
+    return total
+
+
+def metered(stack: Stack, make_bundles) -> tuple[list[float], float]:
+    """`make_bundles()` returns its bundles' seconds; returns them and the CPU seconds per bundle that all
+    the processes spent on them, above what the stack spends idle (its workers poll every second)."""
+    before = cpu_seconds(stack)
+    time.sleep(IDLE_S)
+    idle_rate = (cpu_seconds(stack) - before) / IDLE_S
+    started, before = time.perf_counter(), cpu_seconds(stack)
+    times = make_bundles()
+    time.sleep(SETTLE_S)
+    used = cpu_seconds(stack) - before - idle_rate * (time.perf_counter() - started)
+    return times, used / len(times)
 
 
 def loads(stack: Stack, workers: list[str]) -> dict[str, dict[str, int]]:
@@ -195,13 +242,21 @@ def run(bundles: int, process_bundles: int, batch: int, database: str, home: Pat
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     seeds = iter(range(1000, 100000))
     try:
-        in_process = in_process_bundles([next(seeds) for _ in range(bundles + 1)])
+        in_process = in_process_bundles([next(seeds)])  # the first: models load
+        more, in_process_cpu = metered(stack, lambda: in_process_bundles([next(seeds) for _ in range(bundles)]))
+        in_process += more
         pipeline_batch = measure_pipeline_batch(batch)
 
         warm_workers = [f"warm-{pool}" for pool in POOLS]
         for pool, name in zip(POOLS, warm_workers, strict=True):
             stack.spawn(name, "flows.cli", "worker", "--pool", pool)
-        warm = [trigger_and_wait("asset-bundle/dispatched", {"brief": brief(next(seeds))}) for _ in range(bundles)]
+
+        def dispatched(count: int) -> list[float]:
+            return [trigger_and_wait("asset-bundle/dispatched", {"brief": brief(next(seeds))}) for _ in range(count)]
+
+        warm = dispatched(1)  # the first: the workers load their models
+        more, warm_cpu = metered(stack, lambda: dispatched(bundles - 1))
+        warm += more
         warm_loads = loads(stack, warm_workers)
 
         briefs_file = home / "briefs.jsonl"
@@ -228,6 +283,8 @@ def run(bundles: int, process_bundles: int, batch: int, database: str, home: Pat
         "in_process_first_s": in_process[0],
         "in_process_warm_s": in_process[1:],
         "in_process_warm_median_s": in_process_median,
+        "in_process_cpu_s": in_process_cpu,
+        "warm_dispatched_cpu_s": warm_cpu,
         "warm_dispatched_s": warm,
         "warm_dispatched_median_s": warm_median,
         "warm_over_in_process": warm_median / in_process_median,
@@ -271,6 +328,11 @@ def markdown(r: dict) -> str:
         f"({pb['one_by_one_s']:.2f} s; {pb['in_calls_batched_s']:.2f} s against {pb['in_calls_one_by_one_s']:.2f} s "
         "inside the pipeline calls) |",
         "",
+        f"CPU seconds per warm bundle, every process counted (this one, the server, the database, the workers) "
+        f"above their idle use: in-process {r['in_process_cpu_s']:.1f} s, dispatched on warm workers "
+        f"{r['warm_dispatched_cpu_s']:.1f} s ({r['warm_dispatched_cpu_s'] / r['in_process_cpu_s']:.1f}x); "
+        f"on {os.cpu_count()} cores the dispatched bundle's CPU alone takes at least "
+        f"{r['warm_dispatched_cpu_s'] / os.cpu_count():.1f} s.",
         f"Pipelines loaded per warm worker over {r['bundles']} bundles and the batch: {loads_line}.",
         f"Every run: in-process {seconds(r['in_process_warm_s'])}; warm dispatched {seconds(r['warm_dispatched_s'])}; "
         f"process dispatched {seconds(r['process_dispatched_s'])}.",
