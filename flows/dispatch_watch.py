@@ -1,5 +1,11 @@
 """Waiting for dispatched generation runs without waiting forever.
 
+The wait follows the runs' flow-run events (state changes, heartbeats) on Prefect's event stream,
+as Prefect's own wait_for_flow_run does: a run's end is seen as it happens, and the server is not
+asked for each run's state twice a second meanwhile. A run is read from the API when an event says
+it ended, and every LIFE_CHECK_SECONDS for its signs of life; if the stream cannot be followed,
+every POLL_SECONDS.
+
 A generation run on a GPU pool can die with its worker (a killed process, a lost machine) and stay
 Running on the server for good; a pool with no worker leaves its runs Scheduled for good. So the
 bundle run watches each of its generation runs for signs of life:
@@ -17,15 +23,19 @@ a cancellation, Ctrl-C), its unfinished generation runs are cancelled with it.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime
+import queue
+import threading
 import time
 
 from tasks.settings import get_settings
 
-# How often a run's state is read: an ended run is seen 0.25 s late on average (run_deployment's wait: 5 s).
-POLL_SECONDS = 0.5
-LIFE_CHECK_SECONDS = 5.0  # how often its heartbeats and its pool's workers are looked at
+POLL_SECONDS = 0.5  # how often a run's state is read when the event stream cannot be followed
+LIFE_CHECK_SECONDS = 5.0  # how often a run is read, and its pool's workers looked at, without events
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+RUN_RESOURCE = "prefect.flow-run."  # an event's resource id: this and the run's id
 
 
 class Stalled(Exception):
@@ -41,23 +51,32 @@ def await_runs(created: dict, pools: dict[str, str]) -> dict:
     watched_since = _now()
     pending, ended = dict(created), {}
     last_check = dict.fromkeys(created, float("-inf"))
+    events = RunEvents({role: run.id for role, run in created.items()})
     with get_client(sync_client=True) as client:
         try:
             while pending:
                 for role, run in list(pending.items()):
+                    life_check_due = time.monotonic() - last_check[role] >= LIFE_CHECK_SECONDS
+                    if not (life_check_due or role in events.ended or not events.following):
+                        continue
                     run = pending[role] = client.read_flow_run(run.id)
                     if run.state.is_final():
                         ended[role] = pending.pop(role)
-                    elif time.monotonic() - last_check[role] >= LIFE_CHECK_SECONDS:
+                    elif life_check_due:
                         last_check[role] = time.monotonic()
-                        last_sign = max(_last_sign_of_life(client, run, pools[role]) or watched_since, watched_since)
+                        beat = events.beats.get(role) if run.state.is_running() else None
+                        last_sign = max(beat or _pool_heartbeat(client, pools[role]) or watched_since, watched_since)
                         if _now() - last_sign > stall:
                             ended[role] = _give_up(client, pending.pop(role), pools[role], stall.total_seconds())
+                # A final state can reach the stream before API reads show it: read again soon.
+                soon = not events.following or events.ended & pending.keys()
                 if pending:
-                    time.sleep(POLL_SECONDS)
+                    events.wait_for_an_end(POLL_SECONDS if soon else LIFE_CHECK_SECONDS)
         except BaseException:
             cancel_runs(client, pending.values())
             raise
+        finally:
+            events.close()
     return ended
 
 
@@ -65,23 +84,77 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _last_sign_of_life(client, run, pool: str) -> datetime.datetime | None:
-    """The run's latest heartbeat once it has sent one; before that, the latest of its pool's workers'."""
-    if run.state.is_running() and (beat := _latest_heartbeat(client, run)):
-        return beat
+def _pool_heartbeat(client, pool: str) -> datetime.datetime | None:
+    """The latest heartbeat of the pool's workers: a run not started, or silent so far, lives while they poll."""
     beats = [w.last_heartbeat_time for w in client.read_workers_for_work_pool(pool) if w.last_heartbeat_time]
     return max(beats, default=None)
 
 
-def _latest_heartbeat(client, run) -> datetime.datetime | None:
-    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+class RunEvents:
+    """The flow-run events of some runs (`runs`, role -> run id), as they occur on Prefect's event stream,
+    read by a thread of its own so the wait stays plain blocking code (a SIGTERM or Ctrl-C reaches it as
+    before). The subscriber reconnects and fills the gap itself; `following` is False once it gave up."""
 
-    query = EventFilter(
-        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
-        occurred=EventOccurredFilter(since=run.start_time or run.created),
-    )  # newest first
-    return next((event.occurred for event in client.read_events(filter=query, limit=1).events), None)
+    def __init__(self, runs: dict):
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+        self.roles = {f"{RUN_RESOURCE}{run_id}": role for role, run_id in runs.items()}
+        self.beats: dict[str, datetime.datetime] = {}  # role -> its run's latest heartbeat on the stream
+        self.ended: set[str] = set()  # roles whose run's final state was on the stream
+        self.following = True
+        query = EventFilter(
+            event=EventNameFilter(prefix=[RUN_RESOURCE]), resource=EventResourceFilter(id=list(self.roles))
+        )
+        self._events: queue.Queue = queue.Queue()
+        self._loop = asyncio.new_event_loop()
+        # Made here, where Prefect's settings (the API URL) are in the context; the thread gets a copy of it.
+        self._listening = self._loop.create_task(
+            self._listen(get_events_subscriber(filter=query, reconnect_on_clean_close=True))
+        )
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._follow,), name="dispatch-events", daemon=True)
+        self._thread.start()
+
+    async def _listen(self, subscriber) -> None:
+        async with subscriber:
+            async for event in subscriber:
+                self._events.put(event)
+
+    def _follow(self) -> None:
+        try:
+            self._loop.run_until_complete(self._listening)
+        except BaseException:  # noqa: BLE001 - closed, or the stream failed: the wait reads the API instead
+            pass
+        finally:
+            self.following = False
+            self._events.put(None)  # wakes a wait in progress
+
+    def wait_for_an_end(self, timeout: float) -> None:
+        """Until an event says a run reached a final state, or `timeout` seconds; noting heartbeats on the way."""
+        from prefect.client.schemas.objects import TERMINAL_STATES, StateType
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                return
+            if event is None:
+                return
+            if (role := self.roles.get(event.resource.id)) is None:
+                continue
+            if event.event == HEARTBEAT_EVENT:
+                self.beats[role] = max(self.beats.get(role, event.occurred), event.occurred)
+            elif (state := event.resource.get("prefect.state-type")) and StateType(state) in TERMINAL_STATES:
+                self.ended.add(role)
+                return
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._listening.cancel)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def _give_up(client, run, pool: str, stall: float) -> Stalled:
