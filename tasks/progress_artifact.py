@@ -38,9 +38,8 @@ class ProgressArtifact:
     """
 
     def __init__(self, job: Job):
-        self.role = job.role
+        self.job = job
         self.description = f"{job.role}: {job.steps} denoising steps"
-        self.steps = job.steps
         self.every = PROGRESS_EVERY_S
         self.done_steps = 0
         self.writer: threading.Thread | None = None
@@ -55,7 +54,7 @@ class ProgressArtifact:
         if TaskRunContext.get() is not None:
             context = contextvars.copy_context()  # the task run's context: the artifact is filed under it
             self.writer = threading.Thread(
-                target=context.run, args=(self._write_until_ended,), name=f"progress-{self.role}"
+                target=context.run, args=(self._write_until_ended,), name=f"progress-{self.job.role}"
             )
             _writers.add(self.writer)
             self.writer.start()
@@ -78,7 +77,7 @@ class ProgressArtifact:
             ended = self._ended.wait(self.every)
             done = self.done_steps
             if done != written and (artifact_id is not None or not ended):
-                percent = min(100.0 * done / self.steps, 100.0)
+                percent = min(100.0 * done / self.job.steps, 100.0)
                 try:
                     if artifact_id is None:
                         artifact_id = create_progress_artifact(progress=percent, description=self.description)
