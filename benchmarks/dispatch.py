@@ -27,6 +27,7 @@ dispatch-postgres.json and `<!-- dispatch-postgres -->`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -154,15 +155,15 @@ def brief(seed: int) -> dict:
 
 
 def trigger_and_wait(deployment: str, parameters: dict) -> float:
-    """Seconds from creating a run of `deployment` to seeing it Completed."""
-    from prefect.client.orchestration import get_client
+    """Seconds from creating a run of `deployment` to seeing it Completed: its end is seen on Prefect's event
+    stream (wait_for_flow_run), as it happens, without reading the run from the API meanwhile, which would
+    load the server the bundle runs on."""
     from prefect.deployments import run_deployment
+    from prefect.flow_runs import wait_for_flow_run
 
     started = time.perf_counter()
     run = run_deployment(deployment, parameters=parameters, timeout=0)
-    with get_client(sync_client=True) as client:
-        while not (run := client.read_flow_run(run.id)).state.is_final():
-            time.sleep(0.25)
+    run = asyncio.run(wait_for_flow_run(run.id, timeout=None))
     seconds = time.perf_counter() - started
     if not run.state.is_completed():
         raise RuntimeError(f"{deployment} run {run.name} ended {run.state.name}: {run.state.message}")
