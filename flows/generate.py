@@ -93,7 +93,7 @@ def _cancelling() -> bool:
     return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
-@flow(name="generate", flow_run_name=_run_name, persist_result=True)
+@flow(name="generate", flow_run_name=_run_name)
 def generate_jobs(
     jobs: list[Job], remote: str | None = None, finish: list[CoverFinish | None] | None = None
 ) -> list[JobOutcome]:
