@@ -16,7 +16,6 @@ import json
 from collections import Counter
 from itertools import pairwise
 
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 TOKEN_LIMIT = 77  # CLIP's and CLAP's context length, kept by the tiny tokenizers too.
@@ -247,6 +246,8 @@ def eval_modules(built) -> None:
         modules = [built.checker]
     else:
         modules = list(built.components.values())
+    import torch  # here, not at the top: importing the flows (a CLI command, a worker) must not cost torch's 2 s
+
     for component in modules:
         if isinstance(component, torch.nn.Module):
             component.eval()

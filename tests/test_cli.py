@@ -178,3 +178,17 @@ def test_batch_shows_progress_from_the_start(tmp_path):
         assert any(line.startswith(f"done     {label} (") for line in lines), stderr
     assert any(line.endswith("[2/2]") for line in lines)
     assert "Traceback" not in stderr
+
+
+def test_the_flows_import_without_torch():
+    """A process worker imports the bundle flow to run its cancellation hooks, `genbundle batch` and `grid`
+    import it to start: torch (2 s and 180 MiB here) is loaded only by what generates or builds a model."""
+    flows = "flows.bundle", "flows.batch", "flows.generate", "flows.cli", "flows.warm_worker"
+    check = (
+        f"import sys; import {', '.join(flows)}; print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
