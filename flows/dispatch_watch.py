@@ -175,15 +175,14 @@ def _give_up(client, run, pool: str, stall: float) -> Stalled:
 
 
 def cancel_runs(client, runs) -> None:
-    """Cancel runs that have not ended: Running ones through Cancelling (their worker stops them)."""
-    from prefect.states import Cancelled, Cancelling
+    """Cancel runs that have not ended, as `prefect flow-run cancel` does: Cancelling, orchestrated. The
+    server cancels a run no worker has taken yet at once and refuses it for an ended one; a worker that
+    has taken one stops it. (Forced to Cancelled, a run a worker had already submitted went on to Running:
+    Prefect lets a run leave Cancelled.)"""
+    from prefect.states import Cancelling
 
     for run in runs:
-        current = client.read_flow_run(run.id).state
-        if current.is_final():
-            continue
-        state = Cancelling if current.is_running() else Cancelled
         try:
-            client.set_flow_run_state(run.id, state(message="its bundle run ended first"), force=True)
+            client.set_flow_run_state(run.id, Cancelling(message="its bundle run ended first"))
         except Exception:  # noqa: BLE001 - the bundle run's own error is the one to report
             pass
