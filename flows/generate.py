@@ -66,10 +66,14 @@ def _report_step(workspace: Workspace, flow_run_id) -> Step:
 
 
 def _run_name() -> str:
-    """Run names like cover-a-mystical-forest-with-ancient-seed0 (-and-2-more for a batch)."""
     from prefect.runtime import flow_run
 
-    jobs = [Job.model_validate(j) for j in flow_run.parameters.get("jobs") or []]
+    return run_name([Job.model_validate(j) for j in flow_run.parameters.get("jobs") or []])
+
+
+def run_name(jobs: list[Job]) -> str:
+    """Run names like cover-a-mystical-forest-with-ancient-seed0 (-and-2-more for a batch). The dispatcher
+    names its runs so when it creates them: a run cancelled before it starts keeps that name in the UI."""
     if not jobs:
         return "generate-no-jobs"
     slug = "-".join(re.findall(r"[a-z0-9]+", jobs[0].prompt.lower())[:5])
@@ -212,7 +216,8 @@ def dispatch_generations(
         if any(wanted):
             params["finish"] = [f and f.model_dump() for f in wanted]
         try:
-            return run_deployment(deployment_name(role), parameters=params, timeout=0)
+            name = run_name([jobs[role][i] for i in todo[role]])
+            return run_deployment(deployment_name(role), parameters=params, timeout=0, flow_run_name=name)
         except ObjectNotFound:
             raise DispatchError(
                 f"no deployment {deployment_name(role)} on the Prefect server: create it with `genbundle deploy`"
