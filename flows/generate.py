@@ -84,17 +84,23 @@ def run_name(jobs: list[Job]) -> str:
 CANCELLED_ERROR = "not started: the generation run was cancelled"
 
 
-def _cancelling() -> bool:
-    """Whether this flow run is being cancelled (one API read): Cancelling or Cancelled on the server."""
+def _cancelled() -> bool:
+    """Whether this flow run is being cancelled, or was before it started (one API read).
+
+    A process worker that finds no process yet to stop marks a cancelled run Cancelled, and the run's
+    engine, starting just after, may still set it Running (Prefect lets a run leave Cancelled): then
+    the state before the last Running is Cancelling or Cancelled."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     try:
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run.get_id()).state
+            states = sorted(client.read_flow_run_states(flow_run.get_id()), key=lambda s: s.timestamp)
     except Exception:  # noqa: BLE001 - an API hiccup must not cost the jobs made so far: go on
         return False
-    return state is not None and (state.is_cancelling() or state.is_cancelled())
+    if states and states[-1].is_running():
+        states = states[:-1]  # running now: was it cancelled just before?
+    return bool(states) and (states[-1].is_cancelling() or states[-1].is_cancelled())
 
 
 @flow(name="generate", flow_run_name=_run_name)
@@ -133,8 +139,8 @@ def generate_jobs(
 
     batches = [[checked[k] for k in batch] for batch in plan_batches([jobs[i] for i in checked], is_made)]
     for n, batch in enumerate(batches):
-        # A warm worker cannot kill a cancelled run: it stops here, before its next batch, instead.
-        if n and _cancelling():
+        # A warm worker cannot kill a cancelled run: it stops here, before each batch, instead.
+        if _cancelled():
             for i in (i for rest in batches[n:] for i in rest):
                 outcomes[i] = JobOutcome(error=CANCELLED_ERROR)
             logger.warning("run cancelled: %d of %d jobs not started", sum(map(len, batches[n:])), len(jobs))

@@ -62,3 +62,24 @@ def test_every_roles_pool_has_a_deployment_of_the_one_generation_flow():
         deployment = generation[deployment_name(role).split("/")[1]]
         assert deployment["entrypoint"] == "flows/generate.py:generate_jobs"
         assert deployment["work_pool"]["name"] == ROLES[role].pool
+
+
+def test_a_run_cancelled_before_its_engine_started_generates_nothing(prefect_api, tmp_path, settings_env):
+    """A process worker that finds no process to stop marks a cancelled run Cancelled; the run's process,
+    starting just after, sets it Running (Prefect lets a run leave Cancelled) and must not generate."""
+    from prefect.flow_engine import run_flow
+    from prefect.states import Cancelled, Cancelling, Pending
+
+    settings_env(GENBUNDLE_OUT=str(tmp_path))
+    brief = parse_brief(BRIEF)
+    job = resolve_job(brief, "cover", expand_prompts.fn(brief)["cover"])
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(generate_jobs, parameters={"jobs": [job.model_dump(mode="json")]}, state=Pending())
+        client.set_flow_run_state(run.id, Cancelling(), force=True)  # the bundle run was cancelled
+        client.set_flow_run_state(run.id, Cancelled(), force=True)  # by the worker: no process to stop yet
+        run = client.read_flow_run(run.id)
+
+    before = generation.pipeline_calls.copy()
+    state = run_flow(generate_jobs, flow_run=run, return_type="state")  # as the run's own process does
+    assert state.is_cancelled() and state.message == "cancelled: 1 of 1 generation jobs not started"
+    assert generation.pipeline_calls == before
