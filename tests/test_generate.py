@@ -83,3 +83,54 @@ def test_a_run_cancelled_before_its_engine_started_generates_nothing(prefect_api
     state = run_flow(generate_jobs, flow_run=run, return_type="state")  # as the run's own process does
     assert state.is_cancelled() and state.message == "cancelled: 1 of 1 generation jobs not started"
     assert generation.pipeline_calls == before
+
+
+def test_queued_generation_runs_show_what_they_make_and_cancelling_them_ends_the_wait(prefect_api, tmp_path):
+    """No worker polls these pools: the runs wait, named for their jobs (as the UI lists them while they
+    wait), and cancelling them, as a cancelled bundle run does, ends the dispatcher's wait at once."""
+    import threading
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from flows.dispatch_watch import cancel_runs
+    from flows.generate import DispatchError, dispatch_generations, run_name
+    from tasks.engines import ROLES
+
+    brief = parse_brief(BRIEF | {"seed": 8})
+    prompts = expand_prompts.fn(brief)
+    jobs = {role: [resolve_job(brief, role, prompts[role])] for role in ("cover", "sound")}
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(generate_jobs)
+        deployments = []
+        for role in jobs:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=ROLES[role].pool, type="process"))
+            except ObjectAlreadyExists:
+                pass
+            deployments.append(client.create_deployment(flow_id, ROLES[role].pool, work_pool_name=ROLES[role].pool))
+        made, queued = {}, []
+        dispatching = threading.Thread(
+            target=lambda: made.update(dispatch_generations(jobs, Workspace.for_storage(str(tmp_path), None)))
+        )
+        dispatching.start()
+        try:
+            for _ in range(100):
+                queued = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployments))
+                )
+                if len(queued) == 2:
+                    break
+                dispatching.join(0.2)
+        finally:
+            cancel_runs(client, queued)  # as a cancelled bundle run does
+            dispatching.join(30)
+            for deployment in deployments:  # this session's other tests expect no generation deployments
+                client.delete_deployment(deployment)
+    assert sorted(r.name for r in queued) == sorted(run_name(js) for js in jobs.values())
+    assert {r.state.type.value for r in queued} == {"SCHEDULED"}
+    assert not dispatching.is_alive()
+    for role in jobs:
+        (error,) = made[role]
+        assert isinstance(error, DispatchError) and "ended Cancelled" in str(error)
