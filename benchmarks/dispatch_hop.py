@@ -58,7 +58,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--database", choices=DATABASES, default="postgres")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.task_worker:
+        from prefect.task_worker import serve
+
+        return serve(add_one)
     if args.measure:
         return measure(args.rounds)
     stack = Stack(Path(tempfile.mkdtemp(prefix="genbundle-hop-")), args.database)
@@ -67,11 +72,7 @@ def main() -> None:
     env = stack.env | {"PREFECT_LOGGING_LEVEL": "WARNING"}
     try:
         stack.spawn("warm-gpu-image", "flows.cli", "worker", "--pool", "gpu-image")
-        with open(stack.logs / "task-worker.log", "w") as log:
-            serve = "from prefect.task_worker import serve; from benchmarks.dispatch_hop import add_one; serve(add_one)"
-            stack.procs["task-worker"] = subprocess.Popen(
-                [sys.executable, "-c", serve], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+        stack.spawn("task-worker", "benchmarks.dispatch_hop", "--task-worker")
         command = [sys.executable, "-m", "benchmarks.dispatch_hop", "--measure", "--rounds", str(args.rounds)]
         measured = subprocess.run(command, env=env, capture_output=True, text=True)
     finally:
