@@ -36,6 +36,7 @@ POLL_SECONDS = 0.5  # how often a run's state is read when the event stream cann
 LIFE_CHECK_SECONDS = 5.0  # how often a run is read, and its pool's workers looked at, without events
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 RUN_RESOURCE = "prefect.flow-run."  # an event's resource id: this and the run's id
+CANCEL_MESSAGE = "its bundle run ended first"
 
 
 class Stalled(Exception):
@@ -175,14 +176,22 @@ def _give_up(client, run, pool: str, stall: float) -> Stalled:
 
 
 def cancel_runs(client, runs) -> None:
-    """Cancel runs that have not ended, as `prefect flow-run cancel` does: Cancelling, orchestrated. The
-    server cancels a run no worker has taken yet at once and refuses it for an ended one; a worker that
-    has taken one stops it. (Forced to Cancelled, a run a worker had already submitted went on to Running:
-    Prefect lets a run leave Cancelled.)"""
-    from prefect.states import Cancelling
+    """Cancel runs that have not ended. A running one is set Cancelling, as `prefect flow-run cancel`
+    does: its worker stops its process and marks it Cancelled. One not started yet is marked Cancelled
+    at once: set Cancelling while its process worker was still submitting it, Prefect's engine refused
+    to start it and nothing marked it Cancelled, so it stayed Cancelling for good. Should its process
+    start anyway (Prefect lets a run leave Cancelled), the generate flow sees it was cancelled and
+    generates nothing; a warm worker does not run it."""
+    from prefect.states import Cancelled, Cancelling
 
     for run in runs:
         try:
-            client.set_flow_run_state(run.id, Cancelling(message="its bundle run ended first"))
+            state = client.read_flow_run(run.id).state
+            if state is None or state.is_final():
+                continue
+            if state.is_running():
+                client.set_flow_run_state(run.id, Cancelling(message=CANCEL_MESSAGE))
+            else:
+                client.set_flow_run_state(run.id, Cancelled(message=CANCEL_MESSAGE), force=True)
         except Exception:  # noqa: BLE001 - the bundle run's own error is the one to report
             pass

@@ -161,7 +161,10 @@ def test_cancelling_a_bundle_run_cancels_its_generations(machines):
         runs = generations()
         return len(runs) == len(ROLES) and all(r["state_type"] in FINAL for r in runs) and runs
 
-    ended = _wait_for(all_ended, 180, "every generation run to end after the bundle run was cancelled", poll=1)
+    def states():
+        return [(r["name"], r["state_name"]) for r in generations()]
+
+    ended = _wait_for(all_ended, 180, "every generation run to end after the bundle run was cancelled", 1, states)
     assert "CANCELLED" in {r["state_type"] for r in ended}, [(r["name"], r["state_type"]) for r in ended]
 
     # The bundle run is marked Cancelled by its worker at the end of the worker's cancellation sequence

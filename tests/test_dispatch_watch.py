@@ -107,14 +107,14 @@ def test_without_the_event_stream_the_wait_reads_the_api_and_still_ends(client, 
     assert ended["video"].state.is_completed()
 
 
-def test_cancelling_leaves_a_taken_run_to_its_worker(client):
-    """A run a worker has taken (Pending) goes through Cancelling, so that worker stops it: set Cancelled,
-    a run already submitted went on to Running (Prefect lets a run leave Cancelled). One no worker has
-    taken is Cancelled by the server at once; an ended one stays as it ended."""
+def test_cancelling_ends_runs_not_started_and_leaves_running_ones_to_their_worker(client):
+    """A running run goes through Cancelling, so its worker stops its process. One not started, taken by
+    a worker (Pending) or not (Scheduled), ends Cancelled at once: left Cancelling, a run its process
+    worker was still submitting stayed Cancelling for good. An ended one stays as it ended."""
     from prefect.states import Completed, Pending, Running, Scheduled
 
     runs = {name: client.create_flow_run(stand_in, state=state()) for name, state in
             [("scheduled", Scheduled), ("taken", Pending), ("running", Running), ("done", Completed)]}  # fmt: skip
     cancel_runs(client, runs.values())
     states = {name: client.read_flow_run(run.id).state.type.value for name, run in runs.items()}
-    assert states == {"scheduled": "CANCELLED", "taken": "CANCELLING", "running": "CANCELLING", "done": "COMPLETED"}
+    assert states == {"scheduled": "CANCELLED", "taken": "CANCELLED", "running": "CANCELLING", "done": "COMPLETED"}

@@ -27,14 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 POOLS = ("cpu", *(role.pool for role in ROLES.values()))
 
 
-def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5, seen=None):
+    """The predicate's first true value within `timeout` seconds; `seen()` says what was there instead."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"; seen: {seen()}" if seen else ""))
 
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
