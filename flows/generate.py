@@ -84,6 +84,19 @@ def run_name(jobs: list[Job]) -> str:
 CANCELLED_ERROR = "not started: the generation run was cancelled"
 
 
+class GenerationIncomplete(Exception):
+    """The data of a generation run that ended Failed or Cancelled: what it raises when called, with
+    every job's outcome in `outcomes`. (Prefect turns a failed state's data into the exception it
+    raises: a plain list of outcomes became a TypeError, in the run's log on a process worker too.)"""
+
+    def __init__(self, message: str, outcomes: list[JobOutcome]):
+        super().__init__(message)
+        self.outcomes = outcomes
+
+    def __reduce__(self):  # the outcomes travel with it when Prefect stores the run's result
+        return type(self), (str(self), self.outcomes)
+
+
 def _cancelled() -> bool:
     """Whether this flow run is being cancelled, or was before it started (one API read).
 
@@ -113,7 +126,8 @@ def generate_jobs(
     `finish` (one entry per job, or none) asks for a cover's finishing model steps too.
 
     Each job's outcome goes into the run's report in the work area, and is its result. The run ends
-    Failed, with the outcomes as its result, when any job failed; Cancelled when it stopped early."""
+    Failed when any job failed, Cancelled when it stopped early: then its result is a
+    GenerationIncomplete error holding the outcomes."""
     from prefect.runtime import flow_run
 
     if finish is not None and len(finish) != len(jobs):
@@ -156,12 +170,12 @@ def generate_jobs(
             except Exception as err:  # noqa: BLE001 - one bad job must not cost the others theirs
                 failed(i, f"{type(err).__name__}: {err}")
     _record(_report_step(workspace, flow_run.get_id()), RunReport, outcomes=outcomes)
-    not_started = sum(o.error == CANCELLED_ERROR for o in outcomes)
-    if not_started:
-        return Cancelled(message=f"cancelled: {not_started} of {len(jobs)} generation jobs not started", data=outcomes)
-    errors = sum(o.error is not None for o in outcomes)
-    if errors:
-        return Failed(message=f"{errors} of {len(jobs)} generation jobs failed", data=outcomes)
+    if not_started := sum(o.error == CANCELLED_ERROR for o in outcomes):
+        message = f"cancelled: {not_started} of {len(jobs)} generation jobs not started"
+        return Cancelled(message=message, data=GenerationIncomplete(message, outcomes))
+    if errors := sum(o.error is not None for o in outcomes):
+        message = f"{errors} of {len(jobs)} generation jobs failed"
+        return Failed(message=message, data=GenerationIncomplete(message, outcomes))
     return outcomes
 
 

@@ -74,7 +74,7 @@ def test_batches_are_grouped_by_settings_and_capped_and_a_bad_job_fails_alone(pr
     state = generate_jobs([a, wide, bad, c, d], return_state=True)
     assert dict(generation.pipeline_calls - before) == {"cover": 3}  # [a, c] (at most 2), [wide], [d]
     assert state.is_failed() and state.message == "1 of 5 generation jobs failed"
-    outcomes = state.result(raise_on_failure=False)
+    outcomes = state.result(raise_on_failure=False).outcomes
     assert "unknown scheduler 'no-such-scheduler'" in outcomes[2].error
     made = _made(Workspace.for_storage(str(tmp_path), None), [o for i, o in enumerate(outcomes) if i != 2])
     assert [(m.engine.seed, m.engine.batch, m.engine.params["width"]) for m in made] == [
@@ -138,6 +138,6 @@ def test_a_run_being_cancelled_starts_no_new_batch(prefect_api, tmp_path, settin
         progress.remove_listener(cancel_after_the_first_batch)
     assert dict(generation.pipeline_calls - before) == {"cover": 1}
     assert state.is_cancelled() and state.message == "cancelled: 1 of 3 generation jobs not started"
-    outcomes = state.result(raise_on_failure=False)
+    outcomes = state.result(raise_on_failure=False).outcomes
     assert [o.error for o in outcomes] == [None, None, CANCELLED_ERROR]
     assert all(m is not None for m in _made(Workspace.for_storage(str(tmp_path), None), outcomes[:2]))

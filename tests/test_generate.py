@@ -1,12 +1,14 @@
 """The generation flow the GPU pools run: per-job outcomes, readable run names, and cover jobs
 that leave the bundle flow no image-model work."""
 
+import pickle
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from flows.bundle import asset_bundle
-from flows.generate import generate_jobs
+from flows.generate import GenerationIncomplete, generate_jobs
 from tasks import generation
 from tasks.brief import parse_brief
 from tasks.cover_finishing import CoverFinish
@@ -29,7 +31,12 @@ def test_a_bad_job_fails_alone_and_the_bundle_reuses_the_cover_steps(prefect_api
 
     state = generate_jobs([bad, good], None, finish, return_state=True)
     assert state.is_failed() and state.message == "1 of 2 generation jobs failed"
-    failed, made = state.result(raise_on_failure=False)
+    failed, made = state.result(raise_on_failure=False).outcomes
+    # Called (as a process worker's engine calls it), the run raises that error, outcomes and all,
+    # also once pickled into the run's stored result.
+    with pytest.raises(GenerationIncomplete, match="^1 of 2 generation jobs failed$") as raised:
+        generate_jobs([bad, good], None, finish)
+    assert pickle.loads(pickle.dumps(raised.value)).outcomes == [failed, made]
     assert failed.key is None and "unknown scheduler 'no-such-scheduler'" in failed.error
     assert made.error is None and Step(workspace, "cover", made.key).load(Generated) is not None
     with get_client(sync_client=True) as client:
