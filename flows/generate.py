@@ -100,9 +100,10 @@ class GenerationIncomplete(Exception):
 def _cancelled() -> bool:
     """Whether this flow run is being cancelled, or was before it started (one API read).
 
-    A process worker that finds no process yet to stop marks a cancelled run Cancelled, and the run's
-    engine, starting just after, may still set it Running (Prefect lets a run leave Cancelled): then
-    the state before the last Running is Cancelling or Cancelled."""
+    A run cancelled before it started is marked Cancelled (by its bundle run's cancel_runs, or by a
+    process worker that found no process yet to stop), and its engine, starting just after, may still
+    set it Running (Prefect lets a run leave Cancelled): then the state before the last Running is
+    Cancelling or Cancelled."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 

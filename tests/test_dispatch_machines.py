@@ -164,7 +164,8 @@ def test_cancelling_a_bundle_run_cancels_its_generations(machines):
     def states():
         return [(r["name"], r["state_name"]) for r in generations()]
 
-    ended = _wait_for(all_ended, 180, "every generation run to end after the bundle run was cancelled", 1, states)
+    what = "every generation run to end after the bundle run was cancelled"
+    ended = _wait_for(all_ended, 180, what, poll=1, seen=states)
     assert "CANCELLED" in {r["state_type"] for r in ended}, [(r["name"], r["state_type"]) for r in ended]
 
     # The bundle run is marked Cancelled by its worker at the end of the worker's cancellation sequence
